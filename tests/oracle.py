@@ -1,0 +1,53 @@
+"""timm as an independent numerical oracle for Meta's PE vision towers (DESIGN.md section 2)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models.eva import checkpoint_filter_fn
+
+from zoo.nets.pe_vit import PEConfig
+from zoo.registry import Entry
+
+_SIZES = {"T": "tiny", "S": "small", "B": "base", "L": "large", "G": "gigantic"}
+UNIT_DEPTH = 2  # L/G towers are cut to this depth in unit tests
+
+
+def unit_config(entry: Entry) -> PEConfig:
+    """The entry's config, at reduced depth for L/G so unit tests stay fast."""
+    cfg = entry.config
+    return dataclasses.replace(cfg, depth=UNIT_DEPTH) if entry.variant[0] in "LG" else cfg
+
+
+def timm_name(entry: Entry) -> str:
+    c = entry.config
+    return f"vit_pe_{entry.family}_{_SIZES[entry.variant[0]]}_patch{c.patch_size}_{c.image_size}"
+
+
+def timm_model(entry: Entry, cfg: PEConfig, meta_vision: dict[str, torch.Tensor], h: int, w: int) -> torch.nn.Module:
+    """timm's implementation at (h, w) loaded with Meta-layout weights (position embedding resized like Meta)."""
+    gh, gw = h // cfg.patch_size, w // cfg.patch_size
+    model = timm.create_model(
+        timm_name(entry), pretrained=False, num_classes=cfg.clip_dim or 0,
+        img_size=(h, w), ref_feat_shape=(gh, gw), depth=cfg.depth,
+    )
+    sd = dict(meta_vision)
+    pos, n, G = sd["positional_embedding"], cfg.num_prefix_tokens, cfg.grid
+    grid = pos[n:].reshape(1, G, G, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(gh, gw), mode="bilinear", align_corners=False, antialias=False)
+    sd["positional_embedding"] = torch.cat([pos[:n], grid.flatten(2).transpose(1, 2)[0]])
+    model.load_state_dict(checkpoint_filter_fn(sd, model))
+    return model.eval()
+
+
+@torch.no_grad()
+def timm_outputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """tokens, pooled embedding and (Core) CLIP-projected embedding from timm."""
+    tokens = model.forward_features(x)
+    out = {"tokens": tokens, "embedding": model.forward_head(tokens, pre_logits=True)}
+    if model.num_classes:
+        out["clip"] = model.forward_head(tokens)
+    return out

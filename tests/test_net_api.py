@@ -1,0 +1,155 @@
+"""The net's public surface: parameter counts, dense features, heads, dtypes, gradients, input errors."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zoo
+from tests.oracle import timm_model, unit_config
+from zoo.convert import meta_to_zoo
+from zoo.registry import get_entry
+from zoo.synthetic import meta_vision_state_dict
+
+# DESIGN.md section 1: vision parameters without the CLIP projection.
+PARAMS = {
+    "rope_i_vit_t16_pn_aps_c1_pe-core": 6_042_240,
+    "rope_i_vit_s16_pn_aps_c1_pe-core": 23_586_048,
+    "rope_i_vit_b16_pn_aps_c1_pe-core": 92_886_528,
+    "rope_i_vit_l14_pn_aps_c1_pe-core": 316_102_656,
+    "rope_i_vit_g14_pn_ap_c1_pe-core": 1_880_066_560,
+    "rope_i_vit_reg1_t16_pn_npn_avg_c1_pe-spatial": 5_683_200,
+    "rope_i_vit_reg1_s16_pn_npn_avg_c1_pe-spatial": 21_983_232,
+    "rope_i_vit_reg1_b16_pn_npn_avg_c1_pe-spatial": 86_433_792,
+    "rope_i_vit_reg1_l14_pn_npn_avg_c1_pe-spatial": 303_964_160,
+    "rope_i_vit_g14_pn_npn_avg_ls_c1_pe-spatial": 1_851_887_104,
+    "rope_i_vit_reg1_l14_pn_npn_avg_ls_c1_pe-lang": 291_415_040,
+    "rope_i_vit_g14_pn_npn_avg_ls_c1_pe-lang": 1_740_922_624,
+}
+TINY = "rope_i_vit_t16_pn_aps_c1_pe-core"
+TINY_SPATIAL = "rope_i_vit_reg1_t16_pn_npn_avg_c1_pe-spatial"
+
+
+def test_every_registry_entry_has_a_known_count():
+    assert sorted(PARAMS) == zoo.list_pretrained_models()
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_backbone_parameter_count(name):
+    net = zoo.create_model(name, device="meta")
+    assert net.backbone_parameters() == PARAMS[name]
+    assert next(net.parameters()).device.type == "meta"
+
+
+def loaded(name, depth=None):
+    entry = get_entry(name)
+    cfg = unit_config(entry)
+    meta = meta_vision_state_dict(cfg, seed=5)
+    net = zoo.PEViT(cfg).eval()
+    net.load_state_dict(meta_to_zoo(meta, cfg))
+    return entry, cfg, meta, net
+
+
+@pytest.mark.parametrize("name", [TINY, TINY_SPATIAL])
+def test_detection_features(name):
+    entry, cfg, meta, net = loaded(name)
+    x = torch.randn(2, 3, 192, 256)
+    with torch.no_grad():
+        feats = net.detection_features(x)
+        assert list(feats) == ["neck"]
+        assert feats["neck"].shape == (2, cfg.width, 12, 16)
+        tokens = net.forward_features(x)
+        assert torch.allclose(feats["neck"], tokens[:, 1:].transpose(1, 2).reshape(2, -1, 12, 16))
+        picked = net.detection_features(x, layers=[2, -1, 5])
+        assert list(picked) == ["block2", "block11", "block5"]
+        assert all(v.shape == (2, cfg.width, 12, 16) for v in picked.values())
+        # independent check: timm's intermediate block outputs (no final norm)
+        ref = timm_model(entry, cfg, meta, 192, 256).forward_intermediates(
+            x, indices=[2, 5, 11], norm=False, output_fmt="NCHW", intermediates_only=True
+        )
+        for got, want in zip([picked["block2"], picked["block5"], picked["block11"]], ref):
+            assert (got - want).abs().max() <= 1e-5
+    if not cfg.ln_post:
+        assert torch.equal(picked["block11"], feats["neck"])
+
+
+def test_detection_features_bad_layers():
+    net = zoo.create_model(TINY)
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"out of range.*12 blocks"):
+        net.detection_features(x, layers=[12])
+    with pytest.raises(ValueError, match="at least one"):
+        net.detection_features(x, layers=[])
+
+
+def test_clip_embedding_and_head():
+    _, cfg, _, net = loaded(TINY)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        emb = net.embedding(x)
+        assert torch.equal(net(x), emb)
+        assert torch.allclose(net.clip_embedding(x), emb @ net.clip_proj.weight.t(), atol=1e-6)
+    net.reset_classifier(7)
+    with torch.no_grad():
+        logits = net(x)
+    assert logits.shape == (2, 7)
+    assert torch.allclose(logits, net.head(emb), atol=1e-6)
+    net.reset_classifier(0)
+    assert isinstance(net.head, torch.nn.Identity)
+    spatial = zoo.create_model(TINY_SPATIAL)
+    with pytest.raises(ValueError, match="no CLIP projection"):
+        spatial.clip_embedding(x)
+
+
+def test_training_mode_gradients_flow():
+    net = zoo.create_model(TINY, num_classes=3).train()
+    x = torch.randn(2, 3, 48, 64)
+    loss = F.cross_entropy(net(x), torch.tensor([0, 2]))
+    loss.backward()
+    for pname, p in net.named_parameters():
+        if pname.startswith("clip_proj"):
+            assert p.grad is None
+            continue
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("name", zoo.list_pretrained_models())
+def test_bfloat16_agrees_with_float32(name):
+    _, cfg, _, net = loaded(name)
+    x = torch.randn(1, 3, cfg.image_size, cfg.image_size)
+    with torch.no_grad():
+        ref = net.forward_features(x)
+        net_bf16 = net.to(torch.bfloat16)
+        out = net_bf16.forward_features(x)  # float32 input is cast to the net's dtype
+        assert out.dtype == torch.bfloat16
+        emb = net_bf16.embedding(x.bfloat16())
+    cos = F.cosine_similarity(out.float().flatten(1), ref.flatten(1)).min()
+    assert cos >= 0.999
+    ref_emb = net.float().embedding(x)
+    assert F.cosine_similarity(emb.float(), ref_emb).min() >= 0.999
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((3, 64, 64), "4-D image batch"),
+        ((1, 1, 64, 64), "3 \\(RGB\\) channels"),
+        ((1, 4, 64, 64), "3 \\(RGB\\) channels"),
+        ((1, 3, 60, 64), "not a multiple of the patch size 16"),
+        ((1, 3, 64, 70), "not a multiple of the patch size 16"),
+    ],
+)
+def test_bad_inputs_raise(shape, message):
+    net = zoo.create_model(TINY)
+    with pytest.raises(ValueError, match=message):
+        net.embedding(torch.randn(shape))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_matches_cpu(dtype):
+    _, cfg, _, net = loaded(TINY)
+    x = torch.randn(2, 3, 384, 384)
+    with torch.no_grad():
+        ref = net.embedding(x)
+        out = net.to("cuda", dtype).embedding(x.cuda()).float().cpu()
+    assert F.cosine_similarity(out, ref).min() >= 0.999

@@ -1,0 +1,95 @@
+"""registry.yaml: validation, lookup and the registry API."""
+
+import pytest
+import yaml
+
+import zoo
+from zoo.registry import RegistryError, UnknownModelError, get_entry, parse_registry, registry_path
+
+BIRDER_NAMES = [
+    "rope_i_vit_s16_pn_aps_c1_pe-core",
+    "rope_i_vit_b16_pn_aps_c1_pe-core",
+    "rope_i_vit_l14_pn_aps_c1_pe-core",
+    "rope_i_vit_reg1_t16_pn_npn_avg_c1_pe-spatial",
+    "rope_i_vit_reg1_s16_pn_npn_avg_c1_pe-spatial",
+    "rope_i_vit_reg1_b16_pn_npn_avg_c1_pe-spatial",
+]
+
+
+def raw():
+    return yaml.safe_load(registry_path().read_text())
+
+
+def test_twelve_entries_with_birder_names():
+    names = zoo.list_pretrained_models()
+    assert len(names) == 12
+    assert set(BIRDER_NAMES) <= set(names)
+    fams = [get_entry(n).family for n in names]
+    assert (fams.count("core"), fams.count("spatial"), fams.count("lang")) == (5, 5, 2)
+
+
+def test_entries_follow_meta_table():
+    e = get_entry("rope_i_vit_l14_pn_aps_c1_pe-core")
+    assert e.source.repo == "facebook/PE-Core-L14-336" and e.source.file == "PE-Core-L14-336.pt"
+    assert e.signature == {"inputs": [{"data_shape": [0, 3, 336, 336]}], "outputs": [{"data_shape": [0, 1024]}]}
+    assert e.rgb_stats == {"mean": [0.5] * 3, "std": [0.5] * 3}
+    assert e.license == "apache-2.0" and e.weights.file == "rope_i_vit_l14_pn_aps_c1_pe-core.safetensors"
+    assert e.text is not None and e.text.context_length == 32
+    g = get_entry("rope_i_vit_g14_pn_ap_c1_pe-core")
+    assert not g.config.cls_token and g.config.clip_dim == 1280 and g.text.context_length == 72
+    lang = get_entry("rope_i_vit_reg1_l14_pn_npn_avg_ls_c1_pe-lang")
+    assert lang.config.depth == 23 and lang.config.layer_scale and "perceptionlm" in lang.papers
+    for name in zoo.list_pretrained_models():
+        e = get_entry(name)
+        assert e.source.repo == "facebook/" + e.source.file.removesuffix(".pt")
+        assert (e.text is not None) == (e.family == "core") == (e.config.pool == "attn")
+
+
+def test_list_pattern_and_config():
+    assert zoo.list_pretrained_models("*pe-lang") == [
+        "rope_i_vit_g14_pn_npn_avg_ls_c1_pe-lang",
+        "rope_i_vit_reg1_l14_pn_npn_avg_ls_c1_pe-lang",
+    ]
+    assert zoo.list_pretrained_models("nothing*") == []
+    cfg = zoo.get_model_config("rope_i_vit_reg1_b16_pn_npn_avg_c1_pe-spatial")
+    assert (cfg.width, cfg.depth, cfg.patch_size, cfg.image_size, cfg.pool) == (768, 12, 16, 512, "avg")
+
+
+def test_unknown_name_suggests_closest():
+    with pytest.raises(UnknownModelError, match=r"unknown model 'rope_i_vit_l14_pe-core'.*rope_i_vit_l14_pn_aps_c1_pe-core"):
+        zoo.create_model("rope_i_vit_l14_pe-core")
+
+
+def test_create_model_full_g14_on_meta():
+    net = zoo.create_model("rope_i_vit_g14_pn_ap_c1_pe-core", device="meta")
+    assert len(net.blocks) == 50 and net.pos_embed.is_meta
+
+
+def break_entry(mutate):
+    data = raw()
+    mutate(data["rope_i_vit_b16_pn_aps_c1_pe-core"])
+    return yaml.safe_dump(data)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda e: e.pop("source"), "missing field 'source'"),
+        (lambda e: e["config"].pop("width"), "missing field 'config.width'"),
+        (lambda e: e["config"].update(depth="12"), "field 'config.depth' must be int"),
+        (lambda e: e["config"].update(cls_token=1), "field 'config.cls_token' must be bool"),
+        (lambda e: e["config"].update(widht=3), "unknown architecture config field"),
+        (lambda e: e.update(famly="core"), "unknown field"),
+        (lambda e: e.update(family="video"), "field 'family' must be one of"),
+        (lambda e: e["weights"].update(sha256="abc"), "field 'weights.sha256' must be 64"),
+        (lambda e: e["weights"].pop("hub_repo"), "missing field 'weights.hub_repo'"),
+        (lambda e: e["rgb_stats"].update(mean=[0.5]), "field 'rgb_stats.mean' must be 3 numbers"),
+        (lambda e: e["signature"]["inputs"][0].update(data_shape=[0, 3, 1, 1]), "field 'signature.inputs'"),
+        (lambda e: e["text"].pop("heads"), "missing field 'text.heads'"),
+        (lambda e: e["card"].update(papers=["vit", "nope"]), "unknown paper"),
+    ],
+)
+def test_malformed_entry_names_entry_and_field(mutate, message):
+    with pytest.raises(RegistryError, match=message) as info:
+        parse_registry(break_entry(mutate))
+    assert "rope_i_vit_b16_pn_aps_c1_pe-core" in str(info.value)

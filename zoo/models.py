@@ -1,0 +1,24 @@
+"""Build nets from registry names."""
+
+from __future__ import annotations
+
+import torch
+
+from zoo.nets.pe_vit import PEViT
+from zoo.registry import get_entry
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int = 0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> PEViT:
+    """A net of a registry entry with random weights; ``device="meta"`` builds it without memory."""
+    cfg = get_entry(name).config
+    with torch.device(device or "cpu"):
+        net = PEViT(cfg)
+        if num_classes:
+            net.reset_classifier(num_classes)
+    return net.to(dtype) if dtype is not None else net

@@ -1,0 +1,307 @@
+"""The one RoPE-ViT that every Perception Encoder vision checkpoint configures.
+
+Forward pass (Meta's PE, exactly): patchify -> [cls] -> + position embedding
+(bilinearly resized at other grids) -> ln_pre -> pre-norm blocks with 2D
+interleaved RoPE on q/k -> (Core) ln_post and 8-head attention pooling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class PEConfig:
+    """Architecture of one PE vision tower (every knob the family needs)."""
+
+    patch_size: int
+    width: int
+    depth: int
+    heads: int
+    mlp_dim: int
+    image_size: int  # native (training) resolution, square
+    cls_token: bool
+    pool: Literal["attn", "avg"]  # attention pooling (Core) or mean of patch tokens
+    ln_post: bool
+    layer_scale: bool
+    clip_dim: int | None = None  # CLIP projection output width (Core only)
+    pool_heads: int = 8
+    pool_mlp_dim: int | None = None  # defaults to 4 * width
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads or (self.width // self.heads) % 4:
+            raise ValueError(f"width {self.width} must split into {self.heads} heads whose size is a multiple of 4")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.pool not in ("attn", "avg"):
+            raise ValueError(f"pool must be 'attn' or 'avg', got {self.pool!r}")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 if self.cls_token else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PEConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown architecture config field(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs (a, b) -> (a cos - b sin, b cos + a sin)."""
+    pairs = x.unflatten(-1, (-1, 2))
+    a, b = pairs[..., 0], pairs[..., 1]
+    return torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2)
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        B, N, W = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
+        cos, sin = rope
+        qk = _rotate_pairs(qkv[:2], cos, sin)
+        out = F.scaled_dot_product_attention(qk[0], qk[1], qkv[2])
+        return self.proj(out.transpose(1, 2).reshape(B, N, W))
+
+
+class Mlp(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class LayerScale(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((width,), 0.1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: PEConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.attn = Attention(cfg.width, cfg.heads)
+        self.ls1 = LayerScale(cfg.width) if cfg.layer_scale else nn.Identity()
+        self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.mlp = Mlp(cfg.width, cfg.mlp_dim)
+        self.ls2 = LayerScale(cfg.width) if cfg.layer_scale else nn.Identity()
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), rope))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+class AttentionPool(nn.Module):
+    """A learned probe attends over all tokens, then ``x + mlp(norm(x))``."""
+
+    def __init__(self, width: int, heads: int, mlp_dim: int, eps: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.probe = nn.Parameter(torch.zeros(1, 1, width))
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm = nn.LayerNorm(width, eps=eps)
+        self.mlp = Mlp(width, mlp_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, W = x.shape
+        hd = W // self.heads
+        q = self.q(self.probe).view(1, self.heads, 1, hd).expand(B, -1, -1, -1)
+        k, v = self.kv(x).view(B, N, 2, self.heads, hd).permute(2, 0, 3, 1, 4)
+        out = self.proj(F.scaled_dot_product_attention(q, k, v).reshape(B, W))
+        return out + self.mlp(self.norm(out))
+
+
+class PEViT(nn.Module):
+    """Perception Encoder vision tower (Core, Spatial and Lang variants)."""
+
+    def __init__(self, cfg: PEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        W = cfg.width
+        self.patch_size = cfg.patch_size
+        self.embed_dim = W
+        self.patch_embed = nn.Conv2d(3, W, cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.cls_token = nn.Parameter(torch.zeros(W)) if cfg.cls_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(cfg.num_prefix_tokens + cfg.grid**2, W))
+        self.norm_pre = nn.LayerNorm(W, eps=cfg.norm_eps)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.norm_post = nn.LayerNorm(W, eps=cfg.norm_eps) if cfg.ln_post else nn.Identity()
+        self.attn_pool = (
+            AttentionPool(W, cfg.pool_heads, cfg.pool_mlp_dim or 4 * W, cfg.norm_eps) if cfg.pool == "attn" else None
+        )
+        self.clip_proj = nn.Linear(W, cfg.clip_dim, bias=False) if cfg.clip_dim else None
+        self.head: nn.Module = nn.Identity()
+        self.num_classes = 0
+        self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        if self.patch_embed.weight.device.type != "meta":
+            self.init_weights()
+
+    # ----------------------------------------------------------------- setup
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Random initialisation (for training from scratch; pretrained loads overwrite it)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, LayerScale):
+                m.gamma.fill_(0.1)
+        nn.init.trunc_normal_(self.patch_embed.weight, std=0.02)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.attn_pool is not None:
+            nn.init.trunc_normal_(self.attn_pool.probe, std=0.02)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head: a linear layer over ``embedding`` (identity for 0 classes)."""
+        p = self.patch_embed.weight
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes, device=p.device, dtype=p.dtype) if num_classes else nn.Identity()
+
+    def backbone_parameters(self) -> int:
+        """Parameter count of the vision tower, without the CLIP projection and head."""
+        skip = {id(p) for m in (self.clip_proj, self.head) if m is not None for p in m.parameters()}
+        return sum(p.numel() for p in self.parameters() if id(p) not in skip)
+
+    # ------------------------------------------------------------- geometry
+    def _grid(self, x: torch.Tensor) -> tuple[int, int]:
+        if x.dim() != 4:
+            raise ValueError(f"expected a 4-D image batch [B, 3, H, W], got a tensor of shape {tuple(x.shape)}")
+        if x.shape[1] != 3:
+            raise ValueError(f"expected 3 (RGB) channels, got {x.shape[1]} in input of shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        P = self.patch_size
+        if h % P or w % P or h == 0 or w == 0:
+            raise ValueError(
+                f"input size {h}x{w} is not a multiple of the patch size {P}; resize to e.g. "
+                f"{max(P, round(h / P) * P)}x{max(P, round(w / P) * P)}"
+            )
+        return h // P, w // P
+
+    def rope_tables(self, gh: int, gw: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin tables [N, head_dim/2] for a (gh, gw) grid, built once per grid, device and dtype."""
+        key = (gh, gw, device, dtype)
+        if key not in self._rope_cache:
+            hd = self.embed_dim // self.cfg.heads
+            quarter = hd // 4
+            freqs = self.cfg.rope_theta ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
+            ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+            off = self.cfg.num_prefix_tokens
+            pos = torch.stack([xs.flatten(), ys.flatten()], dim=1).to(torch.float64) + off
+            if off:
+                pos = torch.cat([torch.zeros(1, 2, dtype=torch.float64), pos])
+            angles = torch.cat([pos[:, :1] * freqs, pos[:, 1:] * freqs], dim=1)  # x angles, then y angles
+            self._rope_cache[key] = (angles.cos().to(device, dtype), angles.sin().to(device, dtype))
+        return self._rope_cache[key]
+
+    def _pos_embed(self, gh: int, gw: int) -> torch.Tensor:
+        G = self.cfg.grid
+        if (gh, gw) == (G, G):
+            return self.pos_embed
+        prefix, grid = self.pos_embed[: self.cfg.num_prefix_tokens], self.pos_embed[self.cfg.num_prefix_tokens :]
+        grid = grid.reshape(1, G, G, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(gh, gw), mode="bilinear", align_corners=False, antialias=False)
+        return torch.cat([prefix, grid.flatten(2).transpose(1, 2)[0]])
+
+    # --------------------------------------------------------------- forward
+    def _tokens(self, x: torch.Tensor, layers: set[int] | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor], tuple[int, int]]:
+        gh, gw = self._grid(x)
+        x = self.patch_embed(x.to(self.patch_embed.weight.dtype)).flatten(2).transpose(1, 2)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)
+        x = self.norm_pre(x + self._pos_embed(gh, gw).to(x.dtype))
+        rope = self.rope_tables(gh, gw, x.device, x.dtype)
+        taps: dict[int, torch.Tensor] = {}
+        last = max(layers) if layers else len(self.blocks) - 1
+        for i, blk in enumerate(self.blocks[: last + 1]):
+            x = blk(x, rope)
+            if layers and i in layers:
+                taps[i] = x
+        return x, taps, (gh, gw)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """All tokens [B, N, W] after the last block (and ln_post where the model has it)."""
+        return self.norm_post(self._tokens(x)[0])
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Pool final tokens into [B, W]: attention pool (Core) or mean of patch tokens."""
+        if self.attn_pool is not None:
+            return self.attn_pool(tokens)
+        return tokens[:, self.cfg.num_prefix_tokens :].mean(dim=1)
+
+    def embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features [B, W], before any CLIP projection."""
+        return self.pool(self.forward_features(x))
+
+    def clip_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding projected into CLIP space [B, clip_dim] (Core models only)."""
+        if self.clip_proj is None:
+            raise ValueError("this model has no CLIP projection (only PE-Core checkpoints have one); use embedding()")
+        return self.clip_proj(self.embedding(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier head over ``embedding(x)``; the embedding itself while there is no head."""
+        return self.head(self.embedding(x))
+
+    def _to_map(self, tokens: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
+        return tokens[:, self.cfg.num_prefix_tokens :].transpose(1, 2).reshape(tokens.shape[0], -1, gh, gw)
+
+    def detection_features(self, x: torch.Tensor, layers: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """Dense feature maps [B, W, H/P, W/P].
+
+        Without ``layers``: ``{"neck": ...}`` from the final tokens (as ``forward_features``).
+        With ``layers`` (block indices, negatives count from the end): ``{"block{i}": ...}``,
+        the raw output of each requested block; only the blocks needed are run.
+        """
+        if layers is None:
+            tokens, _, (gh, gw) = self._tokens(x)
+            return {"neck": self._to_map(self.norm_post(tokens), gh, gw)}
+        depth = len(self.blocks)
+        if not layers:
+            raise ValueError(f"layers must name at least one block index in [-{depth}, {depth - 1}]")
+        wanted = []
+        for i in layers:
+            if not isinstance(i, int) or not -depth <= i < depth:
+                raise ValueError(f"layer {i!r} is out of range: this model has {depth} blocks, valid indices are [-{depth}, {depth - 1}]")
+            wanted.append(i % depth)
+        _, taps, (gh, gw) = self._tokens(x, set(wanted))
+        return {f"block{i}": self._to_map(taps[i], gh, gw) for i in wanted}
+
+
+__all__ = ["PEConfig", "PEViT"]
