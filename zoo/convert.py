@@ -23,12 +23,20 @@ The zoo keeps readable names and Meta's fused qkv:
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from zoo.nets.pe_vit import PEConfig, PEViT
+from zoo.registry import Entry, load_registry
+from zoo.safetensors_writer import TensorSpec, write_safetensors
 
 Tensor = torch.Tensor
 Transform = Callable[[Tensor], Tensor]
@@ -62,8 +70,11 @@ _TOP_PREFIX = {
 }
 
 
+CONVERTER_VERSION = 1  # bump when the output of the same source changes
+
+
 class ConversionError(ValueError):
-    """A source checkpoint does not fit the requested architecture."""
+    """A source checkpoint cannot be had or read, or does not fit the requested architecture."""
 
 
 def _same(t: Tensor) -> Tensor:
@@ -213,3 +224,162 @@ def meta_to_zoo(state_dict: Mapping[str, Tensor], cfg: PEConfig) -> dict[str, Te
     """
     vision, _ = split_vision(unwrap_state_dict(state_dict))
     return {zkey: fn(vision[mkey]) for zkey, mkey, fn in plan_conversion(vision, cfg)}
+
+
+# ---- whole files: read a Meta checkpoint, write the zoo's safetensors ----
+
+_NOT_READABLE = "is truncated, corrupt or not a PyTorch/safetensors checkpoint"
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """What ``convert_checkpoint`` wrote: the file, its size and sha256, and the source keys it dropped."""
+
+    path: Path
+    size: int
+    sha256: str
+    dropped: list[str]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_source(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Open a Meta checkpoint (``.pt`` or ``.safetensors``) memory-mapped and unwrap its nesting.
+
+    Never executes pickled code (``weights_only=True``); tensors stay backed by the file until used.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"source checkpoint {path} does not exist or is not a file")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    try:
+        if head[:4] != b"PK\x03\x04" and head[8:9] == b"{":  # safetensors: length prefix, then JSON
+            with safe_open(path, framework="pt") as sf:
+                obj: object = {k: sf.get_tensor(k) for k in sf.keys()}
+        else:
+            obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:  # torch and safetensors raise many types for a bad file; name the file and the cause
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        if "Weights only load failed" in str(e):
+            raise ConversionError(
+                f"{path} holds pickled objects other than tensors, which are refused (no code is executed when "
+                f"loading); use Meta's original checkpoint. Cause: {cause}"
+            ) from None
+        raise ConversionError(f"cannot read {path}: the file {_NOT_READABLE} ({cause}); download it again") from None
+    return unwrap_state_dict(obj)
+
+
+def guess_entry(vision: Mapping[str, Tensor]) -> Entry | None:
+    """The registry entry whose architecture a vision state dict fits exactly, if any."""
+    for entry in load_registry().values():
+        try:
+            plan_conversion(vision, entry.config)
+        except ConversionError:
+            continue
+        return entry
+    return None
+
+
+def output_path(entry: Entry, out_dir: str | os.PathLike) -> Path:
+    """Where ``convert_checkpoint`` writes an entry's weights in ``out_dir``."""
+    return Path(out_dir) / entry.weights.file
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def convert_checkpoint(
+    entry: Entry,
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    force: bool = False,
+    source_sha256: str | None = None,
+) -> ConvertResult:
+    """Convert Meta's checkpoint ``source`` into ``out_dir/<entry.weights.file>``, streaming and strict.
+
+    Every check runs before a byte is written; tensors are then renamed, cast to ``dtype`` (default:
+    the source's) and written one at a time to a temporary file that replaces the output at the end.
+    """
+    out = output_path(entry, out_dir)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; pass force=True (--force) to overwrite it")
+    vision, dropped = split_vision(load_source(source))
+    try:
+        plan = plan_conversion(vision, entry.config, what=f"{Path(source).name} (requested: {entry.family} {entry.variant}, {entry.name})")
+    except ConversionError as e:
+        other = guess_entry(vision)
+        if other is None:
+            hint = "it matches no checkpoint of the registry"
+        else:
+            hint = (f"it looks like {other.variant} ({other.name}); convert it with "
+                    f"`python -m converters.pe_{other.family} --variant {other.variant}`")
+        raise ConversionError(f"{e}. {hint}") from None
+    specs = []
+    for zkey, mkey, fn in plan:
+        src = vision[mkey]
+        to = dtype if dtype is not None and src.is_floating_point() else src.dtype
+        shape = tuple(fn(torch.empty(src.shape, device="meta")).shape)
+        specs.append(TensorSpec(zkey, shape, to, lambda fn=fn, src=src, to=to: fn(src).to(to)))
+    metadata = {
+        "format": "pe-zoo",
+        "name": entry.name,
+        "family": entry.family,
+        "variant": entry.variant,
+        "config": json.dumps(entry.config.to_dict()),
+        "signature": json.dumps(entry.signature),
+        "rgb_stats": json.dumps(entry.rgb_stats),
+        "source_repo": entry.source.repo,
+        "source_file": entry.source.file,
+        "source_sha256": source_sha256 or file_sha256(source),
+        "converter_version": str(CONVERTER_VERSION),
+        "dtype": ",".join(sorted({_dtype_name(s.dtype) for s in specs})),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    size, sha = write_safetensors(out, specs, metadata)
+    return ConvertResult(path=out, size=size, sha256=sha, dropped=dropped)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``__metadata__`` of a zoo safetensors file (empty if it has none)."""
+    try:
+        with safe_open(Path(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # safetensors' own error type, or OSError
+        raise ConversionError(f"cannot read the metadata of {path}: not a readable safetensors file ({e})") from None
+
+
+def download_source(entry: Entry, progress: bool = True) -> Path:
+    """Fetch an entry's Meta checkpoint with ``huggingface_hub`` (cached, resumable) and return its local path.
+
+    Honours ``HF_HOME``/``HF_HUB_CACHE``, ``HF_HUB_OFFLINE`` and ``HF_TOKEN``.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError
+    from huggingface_hub.utils import tqdm as hub_tqdm
+
+    class _Silent(hub_tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    repo, file = entry.source.repo, entry.source.file
+    try:
+        return Path(hf_hub_download(repo_id=repo, filename=file, tqdm_class=None if progress else _Silent))
+    except GatedRepoError as e:
+        raise ConversionError(f"{repo} is gated: accept its terms on huggingface.co and set HF_TOKEN ({e})") from None
+    except (OSError, EntryNotFoundError) as e:
+        raise ConversionError(
+            f"cannot get {file} of {repo} from the Hugging Face Hub ({type(e).__name__}: {e}). If you are offline "
+            f"(HF_HUB_OFFLINE=1) it is not in the cache yet; connect and retry, or pass --checkpoint PATH to a local copy"
+        ) from None

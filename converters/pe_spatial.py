@@ -1,0 +1,15 @@
+"""python -m converters.pe_spatial --variant V: convert Meta's PE-Spatial checkpoint into the zoo's safetensors."""
+
+from __future__ import annotations
+
+import sys
+
+from converters.cli import run
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("spatial", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
