@@ -1,0 +1,135 @@
+"""python -m converters.publish: dry run end to end, and every error up to the first network call."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from safetensors import safe_open
+
+import zoo
+from converters.publish import PublishError, checked_weights, main
+from zoo.cards import render_card
+from zoo.convert import convert_checkpoint
+from zoo.registry import get_entry
+from zoo.synthetic import meta_vision_state_dict
+
+NAME = "rope_i_vit_t16_pn_aps_c1_pe-core"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A folder with the converted weights of NAME, made from a synthetic Meta checkpoint."""
+    tmp = tmp_path_factory.mktemp("publish")
+    entry = get_entry(NAME)
+    src = tmp / entry.source.file
+    torch.save(meta_vision_state_dict(entry.config, seed=3), src)
+    convert_checkpoint(entry, src, tmp / "weights")
+    return tmp / "weights"
+
+
+def run_cli(args: list[str], tmp: Path, **env: str) -> subprocess.CompletedProcess:
+    """The publisher in a fresh process, with a Hugging Face home of its own (no login there)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    base.update(HF_HOME=str(tmp / "hf_home"), **env)
+    return subprocess.run([sys.executable, "-m", "converters.publish", *args], cwd=ROOT, env=base,
+                          capture_output=True, text=True, timeout=120)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_dry_run_stages_weights_config_and_card(weights, tmp_path):
+    stage = tmp_path / "stage"
+    r = run_cli([NAME, "--repo-id", "someone/pe-t16", "--weights-dir", str(weights), "--dry-run",
+                 "--stage-dir", str(stage)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    entry = get_entry(NAME)
+    assert sorted(p.name for p in stage.iterdir()) == sorted(["README.md", "config.json", entry.weights.file])
+    for p in stage.iterdir():  # every staged file is listed with its size and sha256
+        line = next(line for line in r.stdout.splitlines() if line.strip().startswith(p.name))
+        assert f"{p.stat().st_size:,d} bytes" in line and sha256(p) in line
+    assert "nothing uploaded" in r.stdout
+    staged = stage / entry.weights.file
+    assert sha256(staged) == sha256(weights / entry.weights.file)
+    with safe_open(staged, framework="pt") as f:
+        assert f.metadata()["name"] == NAME and len(f.keys()) == len(zoo.create_model(NAME, device="meta").state_dict())
+    cfg = json.loads((stage / "config.json").read_text())
+    assert cfg["name"] == NAME and cfg["zoo_version"] == zoo.__version__
+    assert zoo.PEConfig.from_dict(cfg["architecture"]) == entry.config
+    assert cfg["signature"] == {"inputs": [{"data_shape": [0, 3, 384, 384]}], "outputs": [{"data_shape": [0, 192]}]}
+    assert cfg["rgb_stats"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
+    pre = cfg["preprocessing"]
+    assert pre["resize"] == [384, 384] and pre["interpolation"] == "bilinear" and pre["mean"] == [0.5] * 3
+    readme = (stage / "README.md").read_text()
+    assert readme == render_card(NAME)
+    card = ModelCard.load(stage / "README.md")
+    assert card.data.base_model == "facebook/PE-Core-T16-384" and card.data.library_name == "pe-zoo"
+
+
+def test_missing_token_stops_before_the_hub(weights, tmp_path):
+    r = run_cli([NAME, "--repo-id", "someone/pe-t16", "--weights-dir", str(weights)], tmp_path)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == ["error: no Hugging Face token: set HF_TOKEN or log in with `hf auth login`"]
+
+
+def test_hub_error_is_one_line_and_never_shows_the_token(weights, tmp_path):
+    # offline mode makes huggingface_hub refuse the first request (create_repo): a real Hub error, no network
+    token = "hf_NotARealTokenButSecret123"
+    r = run_cli([NAME, "--repo-id", "someone/pe-t16", "--weights-dir", str(weights), "--private"], tmp_path,
+                HF_TOKEN=token, HF_HUB_OFFLINE="1")
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the Hugging Face Hub refused or failed the upload to someone/pe-t16")
+    assert "OfflineModeIsEnabled" in lines[0]
+    assert token not in r.stdout + r.stderr
+    assert "published" not in r.stdout
+
+
+def test_missing_weights_names_the_file_and_the_converter(tmp_path, capsys):
+    assert main([NAME, "--repo-id", "someone/pe-t16", "--weights-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert str(tmp_path / get_entry(NAME).weights.file) in err[0]
+    assert "python -m converters.pe_core --variant T16" in err[0]
+
+
+def test_bad_repo_id_and_unknown_name(weights, capsys):
+    assert main([NAME, "--repo-id", "no-slash", "--weights-dir", str(weights), "--dry-run"]) == 1
+    assert "ORG/REPO" in capsys.readouterr().err
+    assert main(["rope_i_vit_t16_pe-core", "--repo-id", "a/b", "--dry-run"]) == 1
+    assert NAME in capsys.readouterr().err  # the closest names are suggested
+
+
+def test_registry_sha256_is_enforced(weights):
+    entry = get_entry(NAME)
+    actual = sha256(weights / entry.weights.file)
+    good = dataclasses.replace(entry, weights=dataclasses.replace(entry.weights, sha256=actual))
+    assert checked_weights(good, weights) == weights / entry.weights.file
+    bad = dataclasses.replace(entry, weights=dataclasses.replace(entry.weights, sha256="0" * 64))
+    with pytest.raises(PublishError, match=f"has sha256 {actual} but registry.yaml expects 0000"):
+        checked_weights(bad, weights)
+
+
+def test_weights_of_another_model_are_refused(weights, tmp_path):
+    other = get_entry("rope_i_vit_reg1_t16_pn_npn_avg_c1_pe-spatial")
+    (tmp_path / other.weights.file).symlink_to(weights / get_entry(NAME).weights.file)
+    with pytest.raises(PublishError, match=f"holds '{NAME}', not '{other.name}'"):
+        checked_weights(other, tmp_path)
+
+
+def test_staging_folder_must_be_empty(weights, tmp_path, capsys):
+    (tmp_path / "stage").mkdir()
+    (tmp_path / "stage" / "old.txt").write_text("x")
+    assert main([NAME, "--repo-id", "a/b", "--weights-dir", str(weights), "--dry-run", "--stage-dir", str(tmp_path / "stage")]) == 1
+    assert "is not empty" in capsys.readouterr().err
