@@ -1,24 +1,139 @@
-"""Command line: python -m zoo ..."""
+"""Command line: python -m zoo {list,info,embed,features,demo} ..."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
-from zoo.registry import get_entry, list_pretrained_models
+import numpy as np
+import torch
+
+from zoo import weights
+from zoo.convert import ConversionError
+from zoo.registry import UnknownModelError, get_entry, list_pretrained_models
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for name in list_pretrained_models(args.pattern):
+        e = get_entry(name)
+        print(f"{name:48s} {e.source.repo:28s} {e.config.image_size}px  width {e.config.width}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from zoo.models import create_model
+
+    e = get_entry(args.name)
+    net = create_model(e.name, device="meta")
+    c = e.config
+    print(f"{e.name}: {e.description}")
+    print(f"family {e.family}, variant {e.variant}, license {e.license}")
+    print(f"config {json.dumps(c.to_dict())}")
+    proj = f" + {c.width * c.clip_dim:,} (CLIP projection)" if c.clip_dim else ""
+    print(f"parameters {net.backbone_parameters():,} (vision tower){proj}")
+    print(f"input size {c.image_size}x{c.image_size} (patch {c.patch_size}, grid {c.grid}x{c.grid}; any multiple of {c.patch_size} works)")
+    print(f"rgb_stats mean {e.rgb_stats['mean']} std {e.rgb_stats['std']}")
+    print(f"source {e.source.repo}/{e.source.file}")
+    print(f"weights {e.weights.file} (sha256 {e.weights.sha256 or 'recorded on first use'}); looked for in order:")
+    for loc in weights.locate(e, args.weights_dir):
+        print(f"  {loc.what:20s} {loc.where}: {loc.status()}")
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    from zoo.loader import load_pretrained_model
+
+    return load_pretrained_model(
+        args.name, inference=True, dtype=DTYPES[args.dtype], new_size=args.size, weights_dir=args.weights_dir
+    )
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from zoo.inference import infer_batch
+    from zoo.loader import get_size_from_signature
+    from zoo.transforms import classification_transform
+
+    net, info = _load(args)
+    transform = classification_transform(get_size_from_signature(info.signature), info.rgb_stats)
+    embeddings = np.concatenate([infer_batch(net, [image], transform) for image in args.images])
+    for image, emb in zip(args.images, embeddings):
+        print(f"{image}: embedding ({emb.shape[0]},) norm {np.linalg.norm(emb):.4f} first {np.array2string(emb[:4], precision=4)}")
+    if args.out:
+        np.save(args.out, embeddings)
+        print(f"saved {embeddings.shape} {embeddings.dtype} embeddings to {args.out}")
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from zoo.inference import open_image
+    from zoo.loader import get_size_from_signature
+    from zoo.transforms import classification_transform
+
+    net, info = _load(args)
+    transform = classification_transform(get_size_from_signature(info.signature), info.rgb_stats)
+    x = transform(open_image(args.image)).unsqueeze(0)
+    with torch.inference_mode():
+        features = net.detection_features(x, layers=args.layers)
+    for key, value in features.items():
+        print(f"{key}: {tuple(value.shape)}")
+    if args.out:
+        np.savez(args.out, **{k: v.float().numpy() for k, v in features.items()})
+        print(f"saved {', '.join(features)} to {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from zoo.demo import run_demo
+
+    run_demo()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m zoo", description="pe-zoo: Meta's Perception Encoder models")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="list the checkpoints the zoo serves")
+    p.add_argument("pattern", nargs="?", help="fnmatch filter, e.g. '*pe-core'")
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("info", help="config, parameters, input size and where the weights are")
+    p.add_argument("name", help="a registry name (see `list`)")
+    p.add_argument("--weights-dir", type=Path, help="weights folder (default: $ZOO_HOME/weights or ~/.cache/pe-zoo/weights)")
+    p.set_defaults(func=cmd_info)
+    for cmd, helptext, func in (
+        ("embed", "pooled embeddings of images (one row per image)", cmd_embed),
+        ("features", "dense detection feature maps of one image", cmd_features),
+    ):
+        p = sub.add_parser(cmd, help=helptext, description=helptext)
+        p.add_argument("name", help="a registry name (see `list`)")
+        if cmd == "embed":
+            p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+            p.add_argument("--out", type=Path, metavar="FILE.npy", help="save the embeddings [N, W] as .npy")
+        else:
+            p.add_argument("image", metavar="IMAGE", help="an image file")
+            p.add_argument("--layers", type=int, nargs="+", metavar="I",
+                           help="block indices to tap (negatives count from the end); default: the final 'neck' map")
+            p.add_argument("--out", type=Path, metavar="FILE.npz", help="save the feature maps as .npz")
+        p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="compute dtype (default float32)")
+        p.add_argument("--size", type=int, help="input size in pixels (default: the native size)")
+        p.add_argument("--weights-dir", type=Path, help="weights folder (default: $ZOO_HOME/weights or ~/.cache/pe-zoo/weights)")
+        p.set_defaults(func=func)
+    p = sub.add_parser("demo", help="the whole pipeline offline, with RANDOM weights (no Hub access needed)")
+    p.set_defaults(func=cmd_demo)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m zoo", description="pe-zoo: Meta's Perception Encoder models")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_list = sub.add_parser("list", help="list the checkpoints the zoo serves")
-    p_list.add_argument("pattern", nargs="?", help="fnmatch filter, e.g. '*pe-core'")
-    args = parser.parse_args(argv)
-    if args.command == "list":
-        for name in list_pretrained_models(args.pattern):
-            e = get_entry(name)
-            print(f"{name:48s} {e.source.repo:28s} {e.config.image_size}px  width {e.config.width}")
-    return 0
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UnknownModelError, weights.WeightsNotFoundError, weights.WeightsIntegrityError, ConversionError,
+            ValueError, OSError) as e:
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

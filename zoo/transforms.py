@@ -1,0 +1,34 @@
+"""Preprocessing: ``classification_transform`` reproduces Meta's PE training preprocessing by default."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image (grayscale, RGBA, palette, CMYK, ...) as RGB; alpha is dropped."""
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def classification_transform(
+    size: int | tuple[int, int], rgb_stats: dict[str, list[float]], center_crop: float = 1.0
+) -> Callable[[Image.Image], torch.Tensor]:
+    """PIL image -> normalized float tensor [3, H, W].
+
+    Default (``center_crop=1.0``): Meta's training preprocessing, a "squash" resize of the whole image
+    to (H, W) with bilinear filtering, scaling to [0, 1] and normalizing with ``rgb_stats``.
+    With ``center_crop < 1`` the image is resized to (H, W) / center_crop, then center-cropped to (H, W).
+    """
+    h, w = (size, size) if isinstance(size, int) else size
+    if not 0.0 < center_crop <= 1.0:
+        raise ValueError(f"center_crop must be in (0, 1], got {center_crop}")
+    if center_crop == 1.0:
+        resize = [T.Resize((h, w), interpolation=T.InterpolationMode.BILINEAR)]
+    else:
+        outer = (round(h / center_crop), round(w / center_crop))
+        resize = [T.Resize(outer, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop((h, w))]
+    return T.Compose([to_rgb, *resize, T.ToTensor(), T.Normalize(rgb_stats["mean"], rgb_stats["std"])])
