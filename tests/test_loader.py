@@ -1,0 +1,218 @@
+"""load_pretrained_model: every resolution path through a real offline Hub cache, verification, metadata
+checks, new_size and bfloat16; outputs checked against timm on the same weights."""
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import zoo
+from tests.oracle import timm_model, timm_outputs
+from tests.weights_env import CORE, SPATIAL, add_meta_source, hub, write_meta_checkpoint  # noqa: F401 (fixture)
+from zoo import weights
+from zoo.convert import convert_checkpoint, file_sha256, meta_to_zoo
+from zoo.hub_cache import add_file
+from zoo.inference import infer_image
+from zoo.loader import load_entry
+from zoo.paths import weights_dir
+
+TOL = 1e-5
+
+
+def converted(entry, tmp_path, folder, seed=0):
+    """A zoo weights file of ``entry`` in ``folder``, converted from a synthetic Meta checkpoint."""
+    src = tmp_path / f"src-{seed}.pt"
+    vision = write_meta_checkpoint(entry, src, seed)
+    return convert_checkpoint(entry, src, folder).path, vision
+
+
+def assert_weights(net, entry, vision):
+    expected = meta_to_zoo(vision, entry.config)
+    state = net.state_dict()
+    assert state.keys() == expected.keys()
+    for k, v in expected.items():
+        assert torch.equal(state[k], v), k
+
+
+@pytest.mark.parametrize("entry", [CORE, SPATIAL], ids=["core", "spatial"])
+def test_seed_snippet_matches_timm(entry, hub, tmp_path, capsys):
+    """The README/seed-card call, with Meta's checkpoint only in the (offline) Hub cache."""
+    vision = add_meta_source(hub, entry, tmp_path)
+    image_path = tmp_path / "image.jpeg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8)).save(image_path)
+
+    (net, model_info) = zoo.load_pretrained_model(entry.name, inference=True)
+    size = zoo.get_size_from_signature(model_info.signature)
+    transform = zoo.classification_transform(size, model_info.rgb_stats)
+    (out, embedding) = infer_image(net, str(image_path), transform, return_embedding=True)
+    image = Image.open(image_path)
+    features = net.detection_features(transform(image).unsqueeze(0))
+
+    W, G = entry.config.width, entry.config.grid
+    assert size == entry.size and embedding.shape == (1, W) and isinstance(embedding, np.ndarray)
+    assert np.array_equal(out, embedding)  # no head: the output is the embedding itself
+    assert list(features) == ["neck"] and features["neck"].shape == (1, W, G, G)
+    x = transform(image).unsqueeze(0)
+    ref = timm_outputs(timm_model(entry, entry.config, vision, *size), x)
+    assert ref["embedding"].abs().mean() > 0.1
+    assert np.abs(embedding - ref["embedding"].numpy()).max() <= TOL
+    neck_ref = ref["tokens"][:, entry.config.num_prefix_tokens:].transpose(1, 2).reshape(1, W, G, G)
+    assert (features["neck"] - neck_ref).abs().max() <= TOL
+    # converted once into the weights folder ($ZOO_HOME), with its sha256 recorded
+    path = weights_dir() / entry.weights.file
+    assert model_info.weights == path and weights.sidecar_path(path).is_file()
+    assert "converting Meta's checkpoint" in capsys.readouterr().err
+    stamp = os.stat(path)
+    zoo.load_pretrained_model(entry.name)
+    assert "converting" not in capsys.readouterr().err
+    assert (os.stat(path).st_ino, os.stat(path).st_mtime_ns) == (stamp.st_ino, stamp.st_mtime_ns)
+
+
+def test_model_info_and_lean_load(hub, tmp_path):
+    add_meta_source(hub, CORE, tmp_path)
+    net, info = zoo.load_pretrained_model(CORE.name, inference=True)
+    assert isinstance(info, zoo.ModelInfo)
+    assert (info.name, info.family, info.class_to_idx) == (CORE.name, "core", {})
+    assert (info.size, info.native_size, info.embedding_size, info.patch_size) == ((384, 384), (384, 384), 192, 16)
+    assert info.signature == CORE.signature and info.rgb_stats == CORE.rgb_stats
+    assert not net.training and not any(p.requires_grad for p in net.parameters())
+    assert not any(t.is_meta for t in [*net.parameters(), *net.buffers()])
+    net, _ = zoo.load_pretrained_model(CORE.name)
+    assert net.training and all(p.requires_grad for p in net.parameters())
+    net(torch.randn(1, 3, 32, 32)).sum().backward()  # trainable: gradients flow into the loaded weights
+    assert net.patch_embed.weight.grad is not None
+
+
+def test_local_folder(hub, tmp_path):
+    folder = tmp_path / "my-weights"
+    path, vision = converted(CORE, tmp_path, folder)
+    net, info = zoo.load_pretrained_model(CORE.name, weights_dir=folder)
+    assert info.weights == path
+    assert_weights(net, CORE, vision)
+
+
+def test_converted_repo_in_hub_cache(hub, tmp_path):
+    entry = dataclasses.replace(CORE, weights=dataclasses.replace(CORE.weights, hub_repo="pe-zoo/t16-core"))
+    path, vision = converted(entry, tmp_path, tmp_path / "build")
+    add_file(hub, "pe-zoo/t16-core", entry.weights.file, path)
+    net, info = load_entry(entry)
+    assert str(info.weights).startswith(str(hub)) and "models--pe-zoo--t16-core" in str(info.weights)
+    assert not (weights_dir() / entry.weights.file).exists()  # nothing converted: the Hub file is used
+    assert_weights(net, entry, vision)
+
+
+def test_offline_nothing_cached(hub):
+    with pytest.raises(weights.WeightsNotFoundError) as err:
+        zoo.load_pretrained_model(CORE.name)
+    msg = str(err.value)
+    for part in (str(weights_dir() / CORE.weights.file), "facebook/PE-Core-T16-384", "PE-Core-T16-384.pt",
+                 "python -m converters.pe_core --variant T16"):
+        assert part in msg
+    entry = dataclasses.replace(SPATIAL, weights=dataclasses.replace(SPATIAL.weights, hub_repo="pe-zoo/nowhere"))
+    with pytest.raises(weights.WeightsNotFoundError, match="pe-zoo/nowhere.*converters.pe_spatial --variant T16"):
+        load_entry(entry)
+
+
+def test_registry_sha256(hub, tmp_path):
+    path, vision = converted(CORE, tmp_path, weights_dir())
+    actual = file_sha256(path)
+    wrong = dataclasses.replace(CORE, weights=dataclasses.replace(CORE.weights, sha256="ab" * 32))
+    with pytest.raises(weights.WeightsIntegrityError) as err:
+        load_entry(wrong)
+    assert actual in str(err.value) and "ab" * 32 in str(err.value)
+    assert "python -m converters.pe_core --variant T16" in str(err.value)
+    right = dataclasses.replace(CORE, weights=dataclasses.replace(CORE.weights, sha256=actual))
+    assert_weights(load_entry(right)[0], right, vision)
+
+
+def _alter_in_place(path):
+    """Change bytes in the middle of the file, keeping its size and mtime."""
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(st.st_size // 2)
+        chunk = f.read(8)
+        f.seek(st.st_size // 2)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_size == st.st_size and os.stat(path).st_mtime_ns == st.st_mtime_ns
+
+
+def test_altered_in_place_is_never_loaded(hub, tmp_path):
+    path, vision = converted(CORE, tmp_path, weights_dir())
+    zoo.load_pretrained_model(CORE.name)  # first verification records the hash
+    recorded = file_sha256(path)
+    _alter_in_place(path)
+    with pytest.raises(weights.WeightsIntegrityError) as err:
+        zoo.load_pretrained_model(CORE.name)
+    assert recorded in str(err.value) and file_sha256(path) in str(err.value)
+    assert "converters.pe_core --variant T16 --force" in str(err.value)
+    # with Meta's checkpoint in the Hub cache the file is rebuilt, with a visible warning
+    vision = add_meta_source(hub, CORE, tmp_path, seed=0)
+    with pytest.warns(UserWarning, match="Rebuilding it now"):
+        net, _ = zoo.load_pretrained_model(CORE.name)
+    assert_weights(net, CORE, vision)
+    assert weights.verify(path, None, "rebuild") == file_sha256(path)  # the rebuilt file is recorded
+
+
+def test_hash_only_when_file_changed(hub, tmp_path, monkeypatch):
+    path, _ = converted(CORE, tmp_path, weights_dir())
+    calls = []
+    monkeypatch.setattr(weights, "file_sha256", lambda p: calls.append(p) or file_sha256(p))
+    zoo.load_pretrained_model(CORE.name)
+    assert len(calls) == 1  # new to the zoo: hashed once and recorded
+    zoo.load_pretrained_model(CORE.name)
+    assert len(calls) == 1  # unchanged: the recorded hash is trusted
+    os.utime(path)  # touched, same bytes: hashed again, accepted
+    zoo.load_pretrained_model(CORE.name)
+    assert len(calls) == 2
+
+
+def test_metadata_must_name_the_checkpoint(hub, tmp_path):
+    other = dataclasses.replace(CORE, name="rope_i_vit_s16_pn_aps_c1_pe-core")  # writes CORE's file name
+    converted(other, tmp_path, weights_dir())
+    with pytest.raises(weights.WeightsIntegrityError, match="names the checkpoint 'rope_i_vit_s16_pn_aps_c1_pe-core'"):
+        zoo.load_pretrained_model(CORE.name)
+
+
+def test_metadata_config_must_match(hub, tmp_path):
+    cut = dataclasses.replace(CORE, config=dataclasses.replace(CORE.config, depth=2))
+    converted(cut, tmp_path, weights_dir())
+    with pytest.raises(weights.WeightsIntegrityError, match=r"config differs.*'depth': \(2, 12\)"):
+        zoo.load_pretrained_model(CORE.name)
+
+
+def test_only_safetensors_are_loaded(hub, tmp_path):
+    path = weights_dir() / CORE.weights.file
+    path.parent.mkdir(parents=True)
+    write_meta_checkpoint(CORE, path)  # a pickle under the safetensors name
+    with pytest.raises(weights.WeightsIntegrityError, match="not a readable safetensors file"):
+        zoo.load_pretrained_model(CORE.name)
+
+
+def test_new_size_matches_timm(hub, tmp_path):
+    vision = add_meta_source(hub, SPATIAL, tmp_path)
+    net, info = zoo.load_pretrained_model(SPATIAL.name, inference=True, new_size=(320, 448))
+    assert zoo.get_size_from_signature(info.signature) == (320, 448) == info.size
+    assert info.signature["inputs"][0]["data_shape"] == [0, 3, 320, 448]
+    assert info.native_size == (512, 512) and SPATIAL.signature["inputs"][0]["data_shape"] == [0, 3, 512, 512]
+    x = torch.randn(1, 3, 320, 448)
+    ref = timm_outputs(timm_model(SPATIAL, SPATIAL.config, vision, 320, 448), x)
+    with torch.no_grad():
+        assert (net.embedding(x) - ref["embedding"]).abs().max() <= TOL
+    with pytest.raises(ValueError, match="multiples of the patch size 16"):
+        zoo.load_pretrained_model(SPATIAL.name, new_size=(100, 100))
+
+
+def test_bfloat16(hub, tmp_path):
+    vision = add_meta_source(hub, CORE, tmp_path)
+    net, _ = zoo.load_pretrained_model(CORE.name, inference=True, dtype=torch.bfloat16)
+    assert {p.dtype for p in net.parameters()} == {torch.bfloat16}
+    x = torch.randn(1, 3, 384, 384)
+    ref = timm_outputs(timm_model(CORE, CORE.config, vision, 384, 384), x)["embedding"]
+    with torch.no_grad():
+        emb = net.embedding(x)
+    assert emb.dtype == torch.bfloat16
+    assert torch.nn.functional.cosine_similarity(emb.float(), ref).item() > 0.999

@@ -1,0 +1,46 @@
+"""Helpers for loader tests: synthetic Meta checkpoints and a temporary, offline Hub cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from zoo.hub_cache import add_file, use_cache
+from zoo.registry import Entry, TextConfig, get_entry
+from zoo.synthetic import meta_clip_state_dict, meta_vision_state_dict
+
+CORE = get_entry("rope_i_vit_t16_pn_aps_c1_pe-core")
+SPATIAL = get_entry("rope_i_vit_reg1_t16_pn_npn_avg_c1_pe-spatial")
+# a small text tower keeps the synthetic CLIP files small (the loader drops it anyway)
+SMALL_TEXT = TextConfig(width=64, depth=1, heads=2, mlp_dim=128, context_length=32, vocab_size=100)
+
+
+def write_meta_checkpoint(entry: Entry, path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Write a Meta-layout checkpoint of ``entry`` (a CLIP file for Core) and return its vision tensors."""
+    if entry.family == "core":
+        sd = meta_clip_state_dict(entry.config, SMALL_TEXT, seed=seed)
+        vision = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
+    else:
+        sd = vision = meta_vision_state_dict(entry.config, seed=seed)
+    torch.save(sd, path)
+    return vision
+
+
+def add_meta_source(cache: Path, entry: Entry, tmp: Path, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Put a synthetic Meta checkpoint of ``entry`` into the Hub cache where ``download_source`` finds it."""
+    src = tmp / f"{entry.name}-{seed}.pt"
+    vision = write_meta_checkpoint(entry, src, seed)
+    add_file(cache, entry.source.repo, entry.source.file, src)
+    return vision
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """An empty offline Hub cache (HF_HUB_OFFLINE=1) and a fresh zoo weights folder ($ZOO_HOME)."""
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "zoo-home"))
+    cache = tmp_path / "hub-cache"
+    cache.mkdir()
+    with use_cache(cache, offline=True):
+        yield cache
