@@ -267,12 +267,13 @@ def load_source(path: str | os.PathLike) -> dict[str, Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:  # torch and safetensors raise many types for a bad file; name the file and the cause
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         if "Weights only load failed" in str(e):
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
             raise ConversionError(
-                f"{path} holds pickled objects other than tensors, which are refused (no code is executed when "
-                f"loading); use Meta's original checkpoint. Cause: {cause}"
+                f"{path} holds pickled objects other than tensors ({found.group(1) if found else 'see torch.load'}), "
+                "which are refused: no code is executed when loading; use Meta's original checkpoint"
             ) from None
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:300]
         raise ConversionError(f"cannot read {path}: the file {_NOT_READABLE} ({cause}); download it again") from None
     return unwrap_state_dict(obj)
 
