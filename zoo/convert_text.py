@@ -1,0 +1,122 @@
+"""Meta's PE-Core text tower (the non-``visual.`` keys of a CLIP file) -> the zoo's text layout.
+
+| Meta                                          | zoo (``PEText`` + ``logit_scale``)        |
+|-----------------------------------------------|-------------------------------------------|
+| ``token_embedding.weight``                    | ``token_embed.weight``                    |
+| ``positional_embedding``                      | ``pos_embed``                             |
+| ``transformer.resblocks.{i}.*``               | ``blocks.{i}.*`` (as the vision blocks)   |
+| ``ln_final.*``                                | ``norm_final.*``                          |
+| ``text_projection`` [W, out]                  | ``proj.weight`` [out, W] (transposed)     |
+| ``logit_scale`` (scalar, use exp())           | ``logit_scale``                           |
+
+``attn_mask`` (a causal-mask buffer some files carry) is not a weight and is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from zoo.convert import ConversionError, Transform, map_vision_key, unwrap_state_dict
+from zoo.nets.text import PEText
+from zoo.registry import TextConfig
+
+Tensor = torch.Tensor
+SKIPPED = ("attn_mask",)
+_TOP = {
+    "token_embedding.weight": "token_embed.weight",
+    "positional_embedding": "pos_embed",
+    "ln_final.weight": "norm_final.weight",
+    "ln_final.bias": "norm_final.bias",
+    "logit_scale": "logit_scale",
+}
+
+
+def _same(t: Tensor) -> Tensor:
+    return t
+
+
+def _transpose(t: Tensor) -> Tensor:
+    return t.t()
+
+
+def map_text_key(key: str) -> tuple[str, Transform] | None:
+    """Zoo key and transform for one Meta text-tower key; None if the key is unknown."""
+    if key in _TOP:
+        return _TOP[key], _same
+    if key == "text_projection":
+        return "proj.weight", _transpose
+    if key.startswith("transformer.resblocks."):
+        targets = map_vision_key(key, 0)  # the width only matters for the vision pooling head
+        if targets is not None and len(targets) == 1 and not targets[0][0].endswith("gamma"):
+            return targets[0]
+    return None
+
+
+def split_text(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The text-tower keys of a CLIP state dict (everything beside ``visual.``, without ``attn_mask``)."""
+    if "token_embedding.weight" not in state and "text_projection" not in state:
+        raise ConversionError(
+            "the checkpoint has no text tower (only PE-Core CLIP files carry one; Spatial and Lang are vision-only)"
+        )
+    return {k: v for k, v in state.items() if not k.startswith("visual.") and k not in SKIPPED}
+
+
+def expected_text_shapes(text: TextConfig, out_dim: int) -> dict[str, torch.Size]:
+    """Every tensor of the zoo text file for ``text``: the ``PEText`` weights plus ``logit_scale``."""
+    with torch.device("meta"):
+        net = PEText(text, out_dim)
+    shapes = {k: v.shape for k, v in net.state_dict().items()}
+    shapes["logit_scale"] = torch.Size([])
+    return shapes
+
+
+def plan_text_conversion(
+    text_state: Mapping[str, Tensor], text: TextConfig, out_dim: int, what: str = "this checkpoint"
+) -> list[tuple[str, str, Transform]]:
+    """Check a text state dict against ``text`` and return ``(zoo_key, meta_key, transform)`` for every tensor.
+
+    Strict like the vision plan: unknown, surplus and missing keys and wrong shapes all raise
+    ``ConversionError``; only shapes are read.
+    """
+    want = expected_text_shapes(text, out_dim)
+    plan, unknown = [], []
+    for key in text_state:
+        target = map_text_key(key)
+        if target is None:
+            unknown.append(key)
+        else:
+            plan.append((target[0], key, target[1]))
+    got = {z for z, _, _ in plan}
+    problems = []
+    if unknown:
+        problems.append(f"unknown key(s) {unknown[:10]}")
+    surplus = sorted(got - set(want))
+    if surplus:
+        problems.append(f"tensor(s) this text tower has no place for {surplus[:10]}")
+    missing = sorted(set(want) - got)
+    if missing:
+        problems.append(f"missing tensor(s) for {missing[:10]}")
+    bad = []
+    for zkey, mkey, fn in plan:
+        shape = fn(torch.empty(text_state[mkey].shape, device="meta")).shape
+        if zkey in want and shape != want[zkey]:
+            bad.append(f"{mkey} -> {zkey}: {tuple(shape)} != expected {tuple(want[zkey])}")
+    if bad:
+        problems.append("shape mismatch " + "; ".join(bad[:5]))
+    if problems:
+        raise ConversionError(
+            f"the text tower of {what} does not fit the requested one (width {text.width}, depth {text.depth}, "
+            f"context {text.context_length}, output {out_dim}): " + "; ".join(problems)
+        )
+    return plan
+
+
+def meta_text_to_zoo(state_dict: Mapping[str, Tensor], text: TextConfig, out_dim: int) -> dict[str, Tensor]:
+    """Convert the text tower of a Meta PE-Core CLIP state dict (nested or ``module.``-prefixed) to the zoo layout."""
+    text_state = split_text(unwrap_state_dict(state_dict))
+    return {z: fn(text_state[m]) for z, m, fn in plan_text_conversion(text_state, text, out_dim)}
+
+
+__all__ = ["map_text_key", "split_text", "expected_text_shapes", "plan_text_conversion", "meta_text_to_zoo"]
