@@ -184,7 +184,7 @@ def _snippets(entry: Entry) -> list[tuple[str, str]]:
         (
             "The detection feature map (final tokens, class token dropped, as [batch, channels, height, width]):",
             "import torch\nfrom PIL import Image\nimport zoo\n\n" + load
-            + f'\nx = transform(Image.open("{IMAGE_PLACEHOLDER}").convert("RGB")).unsqueeze(0)\n'
+            + f'\nx = transform(Image.open("{IMAGE_PLACEHOLDER}")).unsqueeze(0)\n'
             "with torch.inference_mode():\n"
             "    features = net.detection_features(x)\n"
             "print([(k, tuple(v.shape)) for k, v in features.items()])\n"
@@ -195,7 +195,7 @@ def _snippets(entry: Entry) -> list[tuple[str, str]]:
         out.append((
             "The embedding in CLIP space (through the kept projection):",
             "import torch\nfrom PIL import Image\nimport zoo\n\n" + load
-            + f'\nx = transform(Image.open("{IMAGE_PLACEHOLDER}").convert("RGB")).unsqueeze(0)\n'
+            + f'\nx = transform(Image.open("{IMAGE_PLACEHOLDER}")).unsqueeze(0)\n'
             "with torch.inference_mode():\n"
             "    clip = net.clip_embedding(x)\n"
             "print(tuple(clip.shape))\n"
