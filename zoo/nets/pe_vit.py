@@ -63,37 +63,81 @@ class PEConfig:
         return cls(**data)
 
 
-def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs (a, b) -> (a cos - b sin, b cos + a sin)."""
-    pairs = x.unflatten(-1, (-1, 2))
-    a, b = pairs[..., 0], pairs[..., 1]
-    return torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2)
+# oneDNN's packed-weight linear (what inductor's freezing uses): 15-30% faster than addmm on CPU.
+_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs (a, b) -> (a cos - b sin, b cos + a sin); ``sin`` carries the signs."""
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return torch.addcmul(x * cos, swapped, sin)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` that runs CPU inference on a cached oneDNN-packed copy of its weight.
+
+    Same parameters and state dict as ``nn.Linear``. The packed copy (the weight's size again) is
+    built on the first no-grad CPU call and rebuilt when the weight changes; set ``Linear.pack =
+    False`` (here or on one module) to keep plain ``F.linear``. An optional exact (erf) GELU and a
+    residual add are fused into the matmul.
+    """
+
+    _packed: tuple[tuple, torch.Tensor] | None = None
+    pack = True
+
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor | None:
+        w = self.weight
+        if (
+            torch.compiler.is_compiling()  # compiled graphs pack their own weights (inductor freezing)
+            or not (_ONEDNN and self.pack)
+            or x.device.type != "cpu"
+            or x.dtype != w.dtype
+            or w.dtype not in (torch.float32, torch.bfloat16)
+            or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
+        ):
+            return None
+        key = (w.data_ptr(), -1 if w.is_inference() else w._version, w.dtype)
+        if self._packed is None or self._packed[0] != key:
+            self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), x.numel() // x.shape[-1]))
+        return self._packed[1]
+
+    def forward(self, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+        packed = self._packed_weight(x)
+        if packed is None:
+            y = F.linear(x, self.weight, self.bias)
+            y = F.gelu(y) if gelu else y
+            return y if residual is None else residual + y
+        if residual is not None and not gelu:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed, self.bias, "add")
+        y = torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+        return y if residual is None else residual + y
 
 
 class Attention(nn.Module):
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
+        self.qkv = Linear(width, 3 * width)
+        self.proj = Linear(width, width)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
         B, N, W = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
-        cos, sin = rope
-        qk = _rotate_pairs(qkv[:2], cos, sin)
-        out = F.scaled_dot_product_attention(qk[0], qk[1], qkv[2])
-        return self.proj(out.transpose(1, 2).reshape(B, N, W))
+        q, k = _apply_rope(qkv[:2], *rope)  # q and k rotated in one pass
+        out = F.scaled_dot_product_attention(q, k, qkv[2])
+        return self.proj(out.transpose(1, 2).reshape(B, N, W), residual=residual)
 
 
 class Mlp(nn.Module):
     def __init__(self, width: int, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(width, hidden)
-        self.fc2 = nn.Linear(hidden, width)
+        self.fc1 = Linear(width, hidden)
+        self.fc2 = Linear(hidden, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fc2(self.fc1(x, gelu=True), residual=residual)
 
 
 class LayerScale(nn.Module):
@@ -116,8 +160,11 @@ class Block(nn.Module):
         self.ls2 = LayerScale(cfg.width) if cfg.layer_scale else nn.Identity()
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x), rope))
-        return x + self.ls2(self.mlp(self.norm2(x)))
+        if isinstance(self.ls1, LayerScale):
+            x = torch.addcmul(x, self.attn(self.norm1(x), rope), self.ls1.gamma)
+            return torch.addcmul(x, self.mlp(self.norm2(x)), self.ls2.gamma)
+        x = self.attn(self.norm1(x), rope, residual=x)  # residual adds fused into the output projections
+        return self.mlp(self.norm2(x), residual=x)
 
 
 class AttentionPool(nn.Module):
@@ -127,9 +174,9 @@ class AttentionPool(nn.Module):
         super().__init__()
         self.heads = heads
         self.probe = nn.Parameter(torch.zeros(1, 1, width))
-        self.q = nn.Linear(width, width)
-        self.kv = nn.Linear(width, 2 * width)
-        self.proj = nn.Linear(width, width)
+        self.q = Linear(width, width)
+        self.kv = Linear(width, 2 * width)
+        self.proj = Linear(width, width)
         self.norm = nn.LayerNorm(width, eps=eps)
         self.mlp = Mlp(width, mlp_dim)
 
@@ -139,7 +186,7 @@ class AttentionPool(nn.Module):
         q = self.q(self.probe).view(1, self.heads, 1, hd).expand(B, -1, -1, -1)
         k, v = self.kv(x).view(B, N, 2, self.heads, hd).permute(2, 0, 3, 1, 4)
         out = self.proj(F.scaled_dot_product_attention(q, k, v).reshape(B, W))
-        return out + self.mlp(self.norm(out))
+        return self.mlp(self.norm(out), residual=out)
 
 
 class PEViT(nn.Module):
@@ -160,7 +207,7 @@ class PEViT(nn.Module):
         self.attn_pool = (
             AttentionPool(W, cfg.pool_heads, cfg.pool_mlp_dim or 4 * W, cfg.norm_eps) if cfg.pool == "attn" else None
         )
-        self.clip_proj = nn.Linear(W, cfg.clip_dim, bias=False) if cfg.clip_dim else None
+        self.clip_proj = Linear(W, cfg.clip_dim, bias=False) if cfg.clip_dim else None
         self.head: nn.Module = nn.Identity()
         self.num_classes = 0
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -215,7 +262,8 @@ class PEViT(nn.Module):
         return h // P, w // P
 
     def rope_tables(self, gh: int, gw: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin tables [N, head_dim/2] for a (gh, gw) grid, built once per grid, device and dtype."""
+        """cos and signed sin tables [N, head_dim] (one value per channel, pairs interleaved) for a
+        (gh, gw) grid, built once per grid, device and dtype."""
         key = (gh, gw, device, dtype)
         if key not in self._rope_cache:
             hd = self.embed_dim // self.cfg.heads
@@ -227,7 +275,9 @@ class PEViT(nn.Module):
             if off:
                 pos = torch.cat([torch.zeros(1, 2, dtype=torch.float64), pos])
             angles = torch.cat([pos[:, :1] * freqs, pos[:, 1:] * freqs], dim=1)  # x angles, then y angles
-            self._rope_cache[key] = (angles.cos().to(device, dtype), angles.sin().to(device, dtype))
+            cos = angles.cos().repeat_interleave(2, dim=1)
+            sin = torch.stack([-angles.sin(), angles.sin()], dim=-1).flatten(1)  # (a, b) -> (-b sin, a sin)
+            self._rope_cache[key] = (cos.to(device, dtype), sin.to(device, dtype))
         return self._rope_cache[key]
 
     def _pos_embed(self, gh: int, gw: int) -> torch.Tensor:
