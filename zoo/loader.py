@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from zoo import weights
+from zoo import paths, weights
 from zoo.nets.pe_vit import PEViT
 from zoo.registry import Entry, get_entry
 
@@ -66,7 +66,8 @@ def load_entry(
         net.load_state_dict(weights.read_tensors(path), strict=True, assign=True)
     except RuntimeError as e:
         raise weights.WeightsIntegrityError(
-            f"{path} does not hold the tensors of {entry.name} ({e}); rebuild it: {weights.converter_command(entry)} --force"
+            f"{path} does not hold the tensors of {entry.name} ({e}); rebuild it: "
+            f"{weights.converter_command(entry, paths.weights_dir(weights_dir))} --force"
         ) from None
     if device is not None or dtype is not None:
         net = net.to(device=device, dtype=dtype)
