@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.nets.pe_vit import Mlp
+from zoo.nets.pe_vit import Linear, Mlp
 
 if TYPE_CHECKING:
     from zoo.registry import TextConfig
@@ -24,14 +24,14 @@ class CausalAttention(nn.Module):
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
+        self.qkv = Linear(width, 3 * width)
+        self.proj = Linear(width, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         B, N, W = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.proj(out.transpose(1, 2).reshape(B, N, W))
+        return self.proj(out.transpose(1, 2).reshape(B, N, W), residual=residual)
 
 
 class TextBlock(nn.Module):
@@ -43,8 +43,8 @@ class TextBlock(nn.Module):
         self.mlp = Mlp(width, mlp_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = self.attn(self.norm1(x), residual=x)
+        return self.mlp(self.norm2(x), residual=x)
 
 
 class PEText(nn.Module):
@@ -60,7 +60,7 @@ class PEText(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(cfg.context_length, cfg.width))
         self.blocks = nn.ModuleList(TextBlock(cfg.width, cfg.heads, cfg.mlp_dim, norm_eps) for _ in range(cfg.depth))
         self.norm_final = nn.LayerNorm(cfg.width, eps=norm_eps)
-        self.proj = nn.Linear(cfg.width, out_dim, bias=False)
+        self.proj = Linear(cfg.width, out_dim, bias=False)
         if self.pos_embed.device.type != "meta":
             self.init_weights()
 
