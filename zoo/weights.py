@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub.utils import tqdm as hub_tqdm
 from safetensors import safe_open
 
 from zoo import paths
@@ -101,7 +102,10 @@ def verify(path: str | os.PathLike, expected: str | None, rebuild: str) -> str:
         sha = file_sha256(path)
         known = expected or (rec or {}).get("sha256")
         if known is None or sha == known:
-            record(path, sha)
+            try:
+                record(path, sha)
+            except OSError:  # a read-only folder: no record, so the file is hashed on every load
+                pass
     if expected is not None and sha != expected:
         raise WeightsIntegrityError(
             f"{path} has sha256 {sha} but registry.yaml expects {expected}: the file is corrupted or was "
@@ -179,6 +183,13 @@ def locate(entry: Entry, weights_dir: str | os.PathLike | None = None) -> list[L
     return found
 
 
+class _Quiet(hub_tqdm):
+    """A progress bar that never shows (``progress_bar=False``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "disable": True})
+
+
 def _say(msg: str) -> None:
     print(f"pe-zoo: {msg}", file=sys.stderr)
 
@@ -187,14 +198,18 @@ def _convert(entry: Entry, source: Path, folder: Path, force: bool = False) -> P
     _say(f"converting Meta's checkpoint {source} into {folder / entry.weights.file} (once; it is cached there)")
     blob = Path(os.path.realpath(source)).name  # a Hub cache blob of an LFS file is named by its sha256
     known = blob if len(blob) == 64 and all(c in "0123456789abcdef" for c in blob) else None
-    result = convert_checkpoint(entry, source, folder, force=force, source_sha256=known)
+    try:
+        result = convert_checkpoint(entry, source, folder, force=force, source_sha256=known)
+    except FileExistsError:  # another process converted it meanwhile; it is verified like any file
+        return folder / entry.weights.file
     record(result.path, result.sha256)
     return result.path
 
 
 def resolve(entry: Entry, weights_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
-    """A verified local weights file (sha256 and metadata) for ``entry``: from the weights folder, the converted Hub repo, or
-    Meta's checkpoint converted on the spot. Raises ``WeightsNotFoundError`` saying where it looked."""
+    """A verified local weights file (sha256 and metadata) for ``entry``: from the weights folder, the
+    converted Hub repo, or Meta's checkpoint converted on the spot. Raises ``WeightsNotFoundError``
+    saying where it looked."""
     folder = paths.weights_dir(weights_dir)
     local = folder / entry.weights.file
     rebuild = converter_command(entry, folder)
@@ -213,7 +228,7 @@ def resolve(entry: Entry, weights_dir: str | os.PathLike | None = None, progress
     looked = [f"{local} (the weights folder)"]
     if entry.weights.hub_repo:
         try:
-            hub_file = Path(hf_hub_download(entry.weights.hub_repo, entry.weights.file))
+            hub_file = Path(hf_hub_download(entry.weights.hub_repo, entry.weights.file, tqdm_class=None if progress else _Quiet))
         except (OSError, EntryNotFoundError, ValueError) as e:
             looked.append(f"{entry.weights.file} in the Hub repo {entry.weights.hub_repo} ({type(e).__name__})")
         else:
