@@ -4,6 +4,7 @@ from zoo.clip import PECLIP, create_clip, zero_shot_classifier, zero_shot_classi
 from zoo.loader import ModelInfo, get_size_from_signature, load_pretrained_model
 from zoo.models import create_model
 from zoo.nets.pe_vit import PEConfig, PEViT
+from zoo.optimize import optimize
 from zoo.registry import get_model_config, list_pretrained_models
 from zoo.tokenizer import get_tokenizer
 from zoo.transforms import classification_transform
@@ -12,6 +13,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ModelInfo", "PEConfig", "PEViT", "classification_transform", "create_model", "get_model_config",
-    "get_size_from_signature", "list_pretrained_models", "load_pretrained_model", "__version__",
+    "get_size_from_signature", "list_pretrained_models", "load_pretrained_model", "optimize", "__version__",
     "PECLIP", "create_clip", "get_tokenizer", "zero_shot_classifier", "zero_shot_classify",
 ]

@@ -1,0 +1,115 @@
+"""zoo.optimize: compiled outputs match timm and the eager net, one graph per shape, eager fallback."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zoo
+from tests.oracle import timm_model, timm_outputs
+from zoo.convert import meta_to_zoo
+from zoo.registry import get_entry
+from zoo.synthetic import meta_vision_state_dict
+
+TINY = "rope_i_vit_t16_pn_aps_c1_pe-core"
+
+
+def small(seed=7, depth=2):
+    """T16 cut to ``depth`` blocks (compiles fast), with Meta-layout weights."""
+    entry = get_entry(TINY)
+    cfg = dataclasses.replace(entry.config, depth=depth)
+    meta = meta_vision_state_dict(cfg, seed=seed)
+    net = zoo.PEViT(cfg).eval()
+    net.load_state_dict(meta_to_zoo(meta, cfg))
+    return entry, cfg, meta, net
+
+
+def test_compiled_float32_matches_timm_and_eager_one_graph_per_shape():
+    torch._dynamo.reset()
+    stats = torch._dynamo.utils.counters["stats"]
+    entry, cfg, meta, net = small()
+    fast = zoo.optimize(net, method="embedding")
+    assert fast.compiled
+    x = torch.randn(2, 3, 64, 64)
+    out = fast(x)
+    ref = timm_outputs(timm_model(entry, cfg, meta, 64, 64), x)["embedding"]
+    assert (out - ref).abs().max() <= 1e-5
+    with torch.no_grad():
+        assert (out - net.embedding(x)).abs().max() <= 1e-5
+    graphs = stats["unique_graphs"]
+    assert graphs >= 1
+    fast(torch.randn(2, 3, 64, 64))  # same shape: the cached graph, no recompile
+    assert stats["unique_graphs"] == graphs
+    y = torch.randn(1, 3, 48, 80)  # a new shape gets its own graph (RoPE tables and position grid differ)
+    out_y = fast(y)
+    assert stats["unique_graphs"] > graphs
+    assert (out_y - timm_outputs(timm_model(entry, cfg, meta, 48, 80), y)["embedding"]).abs().max() <= 1e-5
+
+
+def test_compiled_bfloat16_agrees_with_float32():
+    torch._dynamo.reset()
+    _, _, _, net = small()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = net.forward_features(x)
+    out = zoo.optimize(net.to(torch.bfloat16), method="forward_features")(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    assert F.cosine_similarity(out.float().flatten(1), ref.flatten(1)).min() >= 0.999
+
+
+def test_falls_back_to_eager_when_compile_is_unavailable(monkeypatch):
+    def no_compile(*args, **kwargs):
+        raise RuntimeError("torch.compile is not supported here")
+
+    monkeypatch.setattr(torch, "compile", no_compile)
+    _, _, _, net = small(depth=1)
+    with pytest.warns(RuntimeWarning, match="torch.compile is unavailable.*eager"):
+        fast = zoo.optimize(net, method="clip_embedding")
+    assert not fast.compiled
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(fast(x), net.clip_embedding(x))
+
+
+def test_falls_back_to_eager_when_compilation_fails_at_the_first_call(monkeypatch):
+    def broken_compiler(fn, **kwargs):
+        def run(x):
+            raise RuntimeError("no C++ compiler found")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compiler)
+    _, _, _, net = small(depth=1)
+    fast = zoo.optimize(net)
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found"):
+        out = fast(x)
+    assert not fast.compiled
+    with torch.no_grad():
+        assert torch.equal(out, net(x))
+    with pytest.raises(ValueError, match="not a multiple of the patch size"):
+        fast(torch.randn(1, 3, 30, 32))
+
+
+def test_bad_arguments():
+    _, _, _, net = small(depth=1)
+    with pytest.raises(ValueError, match="unknown method 'logits'.*embedding"):
+        zoo.optimize(net, method="logits")
+    with pytest.raises(ValueError, match="unknown mode 'fast'"):
+        zoo.optimize(net, mode="fast")
+    with pytest.raises(TypeError, match="PEViT"):
+        zoo.optimize(torch.nn.Linear(2, 2))
+
+
+def test_packed_eager_weights_follow_weight_changes():
+    """The eager net's cached oneDNN weights are rebuilt when new weights are loaded."""
+    entry, cfg, _, net = small(seed=1)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        net.embedding(x)  # builds the packed copies from the first weights
+        other = meta_vision_state_dict(cfg, seed=2)
+        net.load_state_dict(meta_to_zoo(other, cfg))
+        out = net.embedding(x)
+    ref = timm_outputs(timm_model(entry, cfg, other, 64, 64), x)["embedding"]
+    assert (out - ref).abs().max() <= 1e-5
