@@ -87,36 +87,36 @@ def test_round_trip_matches_timm(name, tmp_path, capsys):
 
 # ---- accepted inputs ----
 
-def _forms(vision, clip):
-    module = {f"module.{k}": v for k, v in clip.items()}
-    return {
-        "clip": clip,
-        "vision-only": vision,
-        "state_dict": {"state_dict": clip, "epoch": torch.tensor(3)},
-        "weights": {"weights": vision},
-        "module-prefix": module,
-        "nested-module": {"state_dict": module},
-    }
+FORMS = {  # name: (wrap the CLIP or the vision-only dict, how), True where the text tower is inside
+    "clip": (True, lambda sd: sd),
+    "vision-only": (False, lambda sd: sd),
+    "state_dict": (True, lambda sd: {"state_dict": sd, "epoch": torch.tensor(3)}),
+    "weights": (False, lambda sd: {"weights": sd}),
+    "module-prefix": (True, lambda sd: {f"module.{k}": v for k, v in sd.items()}),
+    "nested-module": (False, lambda sd: {"state_dict": {f"module.{k}": v for k, v in sd.items()}}),
+    "safetensors-clip": (True, None),
+    "safetensors-vision": (False, None),
+}
 
 
-@pytest.mark.parametrize("form", ["clip", "vision-only", "state_dict", "weights", "module-prefix", "nested-module",
-                                  "safetensors-clip", "safetensors-vision"])
+@pytest.mark.parametrize("form", FORMS)
 def test_accepted_inputs(form, tmp_path):
     cfg = T16.config
-    vision = meta_vision_state_dict(cfg, seed=1)
     clip = meta_clip_state_dict(cfg, small_text(T16), seed=1)
-    if form.startswith("safetensors"):
+    vision = {k.removeprefix("visual."): v for k, v in clip.items() if k.startswith("visual.")}
+    with_text, wrap = FORMS[form]
+    state = clip if with_text else vision
+    if wrap is None:
         src = tmp_path / "meta.safetensors"
-        save_file(clip if form.endswith("clip") else vision, src)
+        save_file(state, src)
     else:
         src = tmp_path / "meta.pt"
-        torch.save(_forms(vision, clip)[form], src)
+        torch.save(wrap(state), src)
     result = convert_checkpoint(T16, src, tmp_path / "out")
     got, want = load_file(result.path), meta_to_zoo(vision, cfg)
     assert got.keys() == want.keys()
     assert all(torch.equal(got[k], want[k]) for k in want)
-    text_keys = sorted(k for k in clip if not k.startswith("visual."))
-    assert sorted(result.dropped) == (text_keys if "clip" in form or form in ("state_dict", "module-prefix", "nested-module") else [])
+    assert sorted(result.dropped) == (sorted(k for k in clip if not k.startswith("visual.")) if with_text else [])
 
 
 def test_clip_text_tower_dropped_in_one_summary_line(tmp_path, capsys):

@@ -228,9 +228,6 @@ def meta_to_zoo(state_dict: Mapping[str, Tensor], cfg: PEConfig) -> dict[str, Te
 
 # ---- whole files: read a Meta checkpoint, write the zoo's safetensors ----
 
-_NOT_READABLE = "is truncated, corrupt or not a PyTorch/safetensors checkpoint"
-
-
 @dataclass(frozen=True)
 class ConvertResult:
     """What ``convert_checkpoint`` wrote: the file, its size and sha256, and the source keys it dropped."""
@@ -274,7 +271,7 @@ def load_source(path: str | os.PathLike) -> dict[str, Tensor]:
                 "which are refused: no code is executed when loading; use Meta's original checkpoint"
             ) from None
         cause = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:300]
-        raise ConversionError(f"cannot read {path}: the file {_NOT_READABLE} ({cause}); download it again") from None
+        raise ConversionError(f"cannot read {path}: the file is truncated, corrupt or not a PyTorch/safetensors checkpoint ({cause}); download it again") from None
     return unwrap_state_dict(obj)
 
 
