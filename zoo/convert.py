@@ -1,4 +1,4 @@
-"""Meta's PE checkpoint layout -> the zoo's state-dict layout.
+"""Meta's PE checkpoint layout -> the zoo's state-dict layout; whole files converted into the zoo's safetensors (streamed, strict).
 
 The zoo keeps readable names and Meta's fused qkv:
 
