@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import zoo
-from zoo.cards import converter_command, render_card
+from zoo.cards import render_card
 from zoo.convert import ConversionError, file_sha256, read_metadata
 from zoo.paths import weights_dir
 from zoo.registry import Entry, UnknownModelError, get_entry
+from zoo.weights import converter_command
 
 
 class PublishError(Exception):
@@ -59,19 +60,19 @@ def checked_weights(entry: Entry, folder: Path) -> Path:
     path = folder / entry.weights.file
     if not path.is_file():
         raise PublishError(f"no converted weights for {entry.name} at {path}; convert them first with "
-                           f"`{converter_command(entry)} --out {folder}` or pass --weights-dir")
+                           f"`{converter_command(entry, folder)}` or pass --weights-dir")
     try:
         held = read_metadata(path).get("name")
     except ConversionError as e:
         raise PublishError(str(e)) from None
     if held != entry.name:
         raise PublishError(f"{path} holds {held!r}, not {entry.name!r}; reconvert it with "
-                           f"`{converter_command(entry)} --out {folder} --force`")
+                           f"`{converter_command(entry, folder)} --force`")
     if entry.weights.sha256 is not None:
         sha = file_sha256(path)
         if sha != entry.weights.sha256:
             raise PublishError(f"{path} has sha256 {sha} but registry.yaml expects {entry.weights.sha256}; "
-                               f"reconvert it with `{converter_command(entry)} --out {folder} --force`")
+                               f"reconvert it with `{converter_command(entry, folder)} --force`")
     return path
 
 

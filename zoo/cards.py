@@ -10,6 +10,7 @@ from huggingface_hub import ModelCardData
 
 from zoo.models import create_model
 from zoo.registry import Entry, find_entry, get_entry
+from zoo.weights import converter_command
 
 IMAGE_PLACEHOLDER = "path/to/image.jpeg"  # the tests swap in a real image file
 PRINTS = "# prints: "  # marks the expected output of the print() just above it
@@ -68,11 +69,6 @@ PAPERS: dict[str, tuple[str, str, str]] = {
 }""",
     ),
 }
-
-
-def converter_command(entry: Entry) -> str:
-    """The command that rebuilds an entry's converted weights from Meta's checkpoint."""
-    return f"python -m converters.pe_{entry.family} --variant {entry.variant}"
 
 
 def card_metadata(entry: Entry) -> ModelCardData:
