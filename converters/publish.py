@@ -77,20 +77,26 @@ def checked_weights(entry: Entry, folder: Path) -> Path:
 
 
 def stage(entry: Entry, weights: Path, folder: Path) -> list[tuple[str, int, str]]:
-    """Fill the empty ``folder`` with the weights, ``config.json`` and the card as ``README.md``.
+    """Create ``folder`` (new or empty) with the weights, ``config.json`` and the card as ``README.md``.
 
-    Returns ``(file name, size, sha256)`` of each staged file. The weights are hard-linked when possible.
+    It is filled beside its final place and moved there at the end, so a failure leaves nothing behind.
+    The weights are hard-linked when possible. Returns ``(file name, size, sha256)`` of each staged file.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    if any(folder.iterdir()):
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise PublishError(f"staging folder {folder} is not empty; pick a new or empty folder")
-    target = folder / entry.weights.file
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        os.link(weights, target)
-    except OSError:  # another file system, or links not allowed
-        shutil.copyfile(weights, target)
-    (folder / "config.json").write_text(json.dumps(hub_config(entry), indent=2) + "\n", encoding="utf-8")
-    (folder / "README.md").write_text(render_card(entry.name), encoding="utf-8")
+        try:
+            os.link(weights, tmp / entry.weights.file)
+        except OSError:  # another file system, or links not allowed
+            shutil.copyfile(weights, tmp / entry.weights.file)
+        (tmp / "config.json").write_text(json.dumps(hub_config(entry), indent=2) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(render_card(entry.name), encoding="utf-8")
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return [(p.name, p.stat().st_size, file_sha256(p)) for p in sorted(folder.iterdir())]
 
 
@@ -124,8 +130,8 @@ def publish(name: str, repo_id: str, *, folder: Path | None, private: bool, dry_
         raise PublishError(f"--repo-id must look like ORG/REPO, got {repo_id!r}")
     weights = checked_weights(entry, weights_dir(folder))
     token = None if dry_run else hub_token()
-    with tempfile.TemporaryDirectory(prefix="pe-zoo-publish-") as tmp:
-        where = stage_dir if stage_dir is not None else Path(tmp)
+    with tempfile.TemporaryDirectory(prefix=".pe-zoo-publish-", dir=weights.parent) as tmp:  # same disk: hard links
+        where = stage_dir if stage_dir is not None else Path(tmp) / entry.name
         files = stage(entry, weights, where)
         print(f"staged {entry.name} for {repo_id} in {where}:")
         for fname, size, sha in files:

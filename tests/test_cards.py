@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import importlib
 import io
 import re
@@ -19,7 +20,7 @@ from PIL import Image
 import zoo
 from converters import cards as cards_cli
 from tests.oracle import timm_model, timm_outputs
-from zoo.cards import IMAGE_PLACEHOLDER, PRINTS
+from zoo.cards import IMAGE_PLACEHOLDER, PRINTS, render_card
 from zoo.convert import read_metadata
 from zoo.hub_cache import add_file, use_cache
 from zoo.registry import get_entry
@@ -94,6 +95,15 @@ def test_card_facts_come_from_the_net_and_registry(name):
         assert "before that projection" in text
     else:
         assert "no pooling head" in text and "mean of the patch tokens" in text and "clip_embedding" not in text
+
+
+def test_published_weights_appear_in_the_card():
+    e = get_entry(NAMES[0])
+    assert "sha256 of the converted file" not in card_text(e.name) and "huggingface.co/someone" not in card_text(e.name)
+    published = dataclasses.replace(e, weights=dataclasses.replace(e.weights, sha256="ab" * 32, hub_repo="someone/pe"))
+    text = render_card(published)
+    assert f"sha256 of the converted file: `{'ab' * 32}`" in text
+    assert "[someone/pe](https://huggingface.co/someone/pe)" in text
 
 
 @pytest.mark.parametrize("name", NAMES)

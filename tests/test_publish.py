@@ -61,7 +61,7 @@ def test_dry_run_stages_weights_config_and_card(weights, tmp_path):
         assert f"{p.stat().st_size:,d} bytes" in line and sha256(p) in line
     assert "nothing uploaded" in r.stdout
     staged = stage / entry.weights.file
-    assert sha256(staged) == sha256(weights / entry.weights.file)
+    assert staged.stat().st_ino == (weights / entry.weights.file).stat().st_ino  # hard-linked, not copied
     with safe_open(staged, framework="pt") as f:
         assert f.metadata()["name"] == NAME and len(f.keys()) == len(zoo.create_model(NAME, device="meta").state_dict())
     cfg = json.loads((stage / "config.json").read_text())
@@ -133,3 +133,11 @@ def test_staging_folder_must_be_empty(weights, tmp_path, capsys):
     (tmp_path / "stage" / "old.txt").write_text("x")
     assert main([NAME, "--repo-id", "a/b", "--weights-dir", str(weights), "--dry-run", "--stage-dir", str(tmp_path / "stage")]) == 1
     assert "is not empty" in capsys.readouterr().err
+
+
+def test_dry_run_without_stage_dir_leaves_nothing_behind(weights, capsys):
+    before = sorted(p.name for p in weights.iterdir())
+    assert main([NAME, "--repo-id", "someone/pe-t16", "--weights-dir", str(weights), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "config.json" in out and "README.md" in out and "nothing uploaded" in out
+    assert sorted(p.name for p in weights.iterdir()) == before

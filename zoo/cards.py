@@ -224,9 +224,9 @@ def _rebuild(entry: Entry) -> str:
     return "\n".join(lines)
 
 
-def render_card(name: str) -> str:
-    """The full Markdown of one registry entry's Hub card."""
-    entry = get_entry(name)
+def render_card(entry: Entry | str) -> str:
+    """The full Markdown of one registry entry's Hub card (an ``Entry`` or a registry name)."""
+    entry = get_entry(entry) if isinstance(entry, str) else entry
     parts = [
         f"---\n{card_metadata(entry).to_yaml()}\n---",
         f"# {entry.name}",
