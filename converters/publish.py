@@ -110,14 +110,15 @@ def hub_token() -> str:
     return token
 
 
-def upload(folder: Path, repo_id: str, *, private: bool, token: str, message: str) -> None:
-    """Create the Hub repo if needed and upload the staged folder in one commit."""
+def upload(folder: Path, repo_id: str, *, private: bool, token: str, message: str) -> str:
+    """Create the Hub repo if needed and upload the staged folder in one commit; returns the repo's URL."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=message)
+        return str(url)
     except Exception as e:  # HTTP, connection, offline-mode and validation errors all end here
         first = (str(e).strip().splitlines() or [""])[0].replace(token, "***")
         raise PublishError(f"the Hugging Face Hub refused or failed the upload to {repo_id}: {type(e).__name__}: {first}") from None
@@ -139,9 +140,9 @@ def publish(name: str, repo_id: str, *, folder: Path | None, private: bool, dry_
         if dry_run:
             print("dry run: nothing uploaded")
             return
-        upload(where, repo_id, private=private, token=token, message=f"Upload {entry.name} (pe-zoo {zoo.__version__})")
+        url = upload(where, repo_id, private=private, token=token, message=f"Upload {entry.name} (pe-zoo {zoo.__version__})")
     sha = next(s for f, _, s in files if f == entry.weights.file)
-    print(f"published {entry.name} to https://huggingface.co/{repo_id}")
+    print(f"published {entry.name} to {url}")
     print(f"to let zoo.load_pretrained_model download it directly, set in registry.yaml under {entry.name}:\n"
           f"  weights: {{file: {entry.weights.file}, sha256: {sha}, hub_repo: {repo_id}}}\n"
           "then regenerate the cards with `python -m converters.cards`")

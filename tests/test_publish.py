@@ -1,13 +1,17 @@
-"""python -m converters.publish: dry run end to end, and every error up to the first network call."""
+"""python -m converters.publish: dry run end to end, every error up to the first network call, and a full
+upload through huggingface_hub against a local stand-in for the Hub's HTTP API."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -141,3 +145,68 @@ def test_dry_run_without_stage_dir_leaves_nothing_behind(weights, capsys):
     out = capsys.readouterr().out
     assert "config.json" in out and "README.md" in out and "nothing uploaded" in out
     assert sorted(p.name for p in weights.iterdir()) == before
+
+
+class FakeHub(BaseHTTPRequestHandler):
+    """A local stand-in for the four Hub API routes a (non-Xet) ``upload_folder`` uses; it records each request."""
+
+    requests: list[tuple[str, str, bytes]] = []
+
+    def log_message(self, *args) -> None:  # keep pytest output clean
+        pass
+
+    def _reply(self, code: int, obj: dict) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._reply(404, {"error": "not served here"})
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.requests.append((self.path, self.headers.get("Authorization", ""), body))
+        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if self.path == "/api/repos/create":
+            req = json.loads(body)
+            self._reply(200, {"url": f"{base}/{req['organization']}/{req['name']}"})
+        elif self.path == "/api/validate-yaml":
+            self._reply(200, {"errors": [], "warnings": []})
+        elif self.path.endswith("/preupload/main"):
+            files = json.loads(body)["files"]
+            self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+        elif self.path.endswith("/commit/main"):
+            self._reply(200, {"commitUrl": f"{base}/someone/pe-t16/commit/{'c' * 40}", "commitOid": "c" * 40})
+        else:
+            self._reply(404, {"error": f"unexpected {self.path}"})
+
+
+def test_publish_uploads_the_staged_folder_and_says_how_to_use_it(weights, tmp_path):
+    FakeHub.requests.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    token = "hf_NotARealTokenButSecret123"
+    try:
+        r = run_cli([NAME, "--repo-id", "someone/pe-t16", "--weights-dir", str(weights), "--private"], tmp_path,
+                    HF_TOKEN=token, HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}", HF_HUB_DISABLE_XET="1")
+    finally:
+        server.shutdown()
+    assert r.returncode == 0, r.stderr
+    calls = {path: (auth, body) for path, auth, body in FakeHub.requests}
+    assert all(auth == f"Bearer {token}" for auth, _ in calls.values())
+    assert json.loads(calls["/api/repos/create"][1]) == {"name": "pe-t16", "organization": "someone", "visibility": "private"}
+    lines = [json.loads(line) for line in calls["/api/models/someone/pe-t16/commit/main"][1].splitlines()]
+    uploaded = {v["value"]["path"]: base64.b64decode(v["value"]["content"]) for v in lines if v["key"] == "file"}
+    entry = get_entry(NAME)
+    assert sorted(uploaded) == sorted(["README.md", "config.json", entry.weights.file])
+    assert uploaded["README.md"].decode() == render_card(NAME)
+    assert json.loads(uploaded["config.json"])["name"] == NAME
+    sha = sha256(weights / entry.weights.file)
+    assert hashlib.sha256(uploaded[entry.weights.file]).hexdigest() == sha
+    assert token not in r.stdout + r.stderr
+    assert f"published {NAME} to http://127.0.0.1:{server.server_address[1]}/someone/pe-t16\n" in r.stdout
+    assert f"weights: {{file: {entry.weights.file}, sha256: {sha}, hub_repo: someone/pe-t16}}" in r.stdout
+    assert sorted(p.name for p in weights.iterdir()) == [entry.weights.file]  # the staging folder is gone
