@@ -23,6 +23,8 @@ import zoo
 from converters.publish import PublishError, checked_weights, main
 from zoo.cards import render_card
 from zoo.convert import convert_checkpoint
+from zoo.hub_cache import add_file, use_cache
+from zoo.loader import load_entry
 from zoo.registry import get_entry
 from zoo.synthetic import meta_vision_state_dict
 
@@ -210,3 +212,12 @@ def test_publish_uploads_the_staged_folder_and_says_how_to_use_it(weights, tmp_p
     assert f"published {NAME} to http://127.0.0.1:{server.server_address[1]}/someone/pe-t16\n" in r.stdout
     assert f"weights: {{file: {entry.weights.file}, sha256: {sha}, hub_repo: someone/pe-t16}}" in r.stdout
     assert sorted(p.name for p in weights.iterdir()) == [entry.weights.file]  # the staging folder is gone
+    # following the printed advice (hub_repo + sha256 in the registry), the loader takes the published file
+    (tmp_path / "published").write_bytes(uploaded[entry.weights.file])
+    add_file(tmp_path / "hub", "someone/pe-t16", entry.weights.file, tmp_path / "published")
+    advised = dataclasses.replace(entry, weights=dataclasses.replace(entry.weights, sha256=sha, hub_repo="someone/pe-t16"))
+    with use_cache(tmp_path / "hub", offline=True):
+        net, info = load_entry(advised, inference=True, weights_dir=tmp_path / "empty")
+    assert info.weights.is_relative_to(tmp_path / "hub") and info.weights.name == entry.weights.file
+    with safe_open(weights / entry.weights.file, framework="pt") as f:
+        torch.testing.assert_close(net.state_dict()["pos_embed"], f.get_tensor("pos_embed"), rtol=0, atol=0)
