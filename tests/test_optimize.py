@@ -29,7 +29,7 @@ def test_compiled_float32_matches_timm_and_eager_one_graph_per_shape():
     torch._dynamo.reset()
     stats = torch._dynamo.utils.counters["stats"]
     entry, cfg, meta, net = small()
-    fast = zoo.optimize(net, method="embedding")
+    fast = zoo.optimize(net, method="embedding", mode="compile")
     assert fast.compiled
     x = torch.randn(2, 3, 64, 64)
     out = fast(x)
@@ -53,7 +53,7 @@ def test_compiled_bfloat16_agrees_with_float32():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         ref = net.forward_features(x)
-    out = zoo.optimize(net.to(torch.bfloat16), method="forward_features")(x.bfloat16())
+    out = zoo.optimize(net.to(torch.bfloat16), method="forward_features", mode="compile")(x.bfloat16())
     assert out.dtype == torch.bfloat16
     assert F.cosine_similarity(out.float().flatten(1), ref.flatten(1)).min() >= 0.999
 
@@ -65,7 +65,7 @@ def test_falls_back_to_eager_when_compile_is_unavailable(monkeypatch):
     monkeypatch.setattr(torch, "compile", no_compile)
     _, _, _, net = small(depth=1)
     with pytest.warns(RuntimeWarning, match="torch.compile is unavailable.*eager"):
-        fast = zoo.optimize(net, method="clip_embedding")
+        fast = zoo.optimize(net, method="clip_embedding", mode="compile")
     assert not fast.compiled
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
@@ -81,7 +81,7 @@ def test_falls_back_to_eager_when_compilation_fails_at_the_first_call(monkeypatc
 
     monkeypatch.setattr(torch, "compile", broken_compiler)
     _, _, _, net = small(depth=1)
-    fast = zoo.optimize(net)
+    fast = zoo.optimize(net, mode="compile")
     x = torch.randn(1, 3, 32, 32)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found"):
         out = fast(x)
@@ -90,6 +90,18 @@ def test_falls_back_to_eager_when_compilation_fails_at_the_first_call(monkeypatc
         assert torch.equal(out, net(x))
     with pytest.raises(ValueError, match="not a multiple of the patch size"):
         fast(torch.randn(1, 3, 30, 32))
+
+
+def test_auto_mode_picks_eager_on_cpu():
+    """On CPU the packed eager net measured faster than inductor's frozen graph (README "Speed")."""
+    _, _, _, net = small(depth=1)
+    fast = zoo.optimize(net.train())
+    assert not fast.compiled and not net.training
+    x = torch.randn(1, 3, 32, 32)
+    out = fast(x)
+    assert not out.requires_grad
+    with torch.no_grad():
+        assert torch.equal(out, net(x))
 
 
 def test_bad_arguments():

@@ -9,23 +9,24 @@ import torch
 
 from zoo.nets.pe_vit import PEViT
 
-Mode = Literal["auto", "eager"]
+Mode = Literal["auto", "compile", "eager"]
 METHODS = ("forward", "embedding", "clip_embedding", "forward_features")
 
 
 class OptimizedNet:
-    """Calls ``getattr(net, method)`` through ``torch.compile`` (one graph per input shape), without gradients.
+    """Calls ``getattr(net, method)`` without gradients, eagerly or through ``torch.compile``.
 
-    Compiled with inductor and ``freezing`` (weights folded in as constants and pre-packed for
-    oneDNN on CPU): change the net's weights afterwards and you must call ``zoo.optimize`` again.
+    When ``compiled``: one static graph per input shape, built by inductor with ``freezing``
+    (weights folded in as constants and pre-packed): change the net's weights afterwards and you
+    must call ``zoo.optimize`` again.
     Falls back to eager, with a warning, where compilation is unavailable or fails.
     """
 
-    def __init__(self, net: PEViT, method: str, mode: Mode) -> None:
+    def __init__(self, net: PEViT, method: str, use_compile: bool) -> None:
         self.net = net
         self.method = method
         self._eager = getattr(net, method)
-        self.compiled = mode == "auto"
+        self.compiled = use_compile
         if self.compiled:
             try:
                 # dynamic=False: a static graph per input shape (torch keeps up to
@@ -60,17 +61,20 @@ class OptimizedNet:
 def optimize(net: PEViT, *, method: str = "forward", mode: Mode = "auto") -> OptimizedNet:
     """The fastest inference callable ``f(x) == getattr(net, method)(x)`` for the net's device and dtype.
 
-    ``mode="auto"`` compiles (inductor with freezing, on CPU and CUDA); ``mode="eager"`` keeps the
-    eager net (already fast on CPU: oneDNN-packed weights, fused GELU and residuals). Puts the net in
-    eval mode; gradients are off inside the callable. Move the net to its device and dtype first.
+    ``mode="compile"``: inductor with freezing. ``mode="eager"``: the eager net, which on CPU already
+    runs on oneDNN-packed weights with fused GELU and residual adds. ``mode="auto"`` picks what
+    measured fastest: eager on CPU (inductor's frozen graph was slower there in float32, which it runs
+    through MKL, and in bfloat16, see README "Speed"), compile elsewhere (CUDA). Puts the net in eval
+    mode; gradients are off inside the callable. Move the net to its device and dtype first.
     """
     if not isinstance(net, PEViT):
         raise TypeError(f"zoo.optimize expects a zoo PEViT net, got {type(net).__name__}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if mode not in ("auto", "eager"):
-        raise ValueError(f"unknown mode {mode!r}; choose 'auto' (compile) or 'eager'")
-    return OptimizedNet(net.eval(), method, mode)
+    if mode not in ("auto", "compile", "eager"):
+        raise ValueError(f"unknown mode {mode!r}; choose 'auto', 'compile' or 'eager'")
+    use_compile = mode == "compile" or (mode == "auto" and net.patch_embed.weight.device.type != "cpu")
+    return OptimizedNet(net.eval(), method, use_compile)
 
 
 __all__ = ["OptimizedNet", "optimize"]

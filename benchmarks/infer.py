@@ -1,0 +1,153 @@
+"""Inference speed: the zoo against timm on the same random weights, in the same run.
+
+    python benchmarks/infer.py [--model NAME] [--batch 1 8] [--dtype float32 bfloat16]
+                               [--pairing eager best] [--reps 5] [--warmup 2] [--device cpu|cuda]
+
+Two pairings per (batch, dtype): ``eager`` (the zoo net against timm, both holding weights in the
+dtype: no autocast) and ``best`` (``zoo.optimize`` against timm under ``torch.compile`` with inductor
+freezing); ``compile`` (opt-in) is ``best`` with the zoo forced to compile too. Both sides compute the pooled embedding; calls alternate zoo, timm, zoo, timm ... after
+the warm-up (which also pays any compilation), and each figure is the median of ``--reps`` calls.
+
+The floor is the time of the net's matrix multiplies and attention calls alone, each timed on its
+own shape with the fastest kernel available (``F.linear`` or a oneDNN-packed linear on CPU);
+"floor share" is floor time / zoo time. Defaults: PE-Core L14 at its native 336 px; float16 is
+added on CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import zoo  # noqa: E402
+from tests.oracle import timm_model  # noqa: E402
+from zoo.convert import meta_to_zoo  # noqa: E402
+from zoo.registry import get_entry  # noqa: E402
+from zoo.synthetic import meta_vision_state_dict  # noqa: E402
+
+
+def timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+    def run(fn: Callable[[], object]) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    return run
+
+
+def interleaved(fns: list[Callable[[], object]], reps: int, warmup: int, device: torch.device) -> list[float]:
+    """Median seconds of each function, calls alternating A B A B ... after ``warmup`` rounds."""
+    clock = timer(device)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for fn in fns:
+                fn()
+        times: list[list[float]] = [[] for _ in fns]
+        for _ in range(reps):
+            for t, fn in zip(times, fns):
+                t.append(clock(fn))
+    return [statistics.median(t) for t in times]
+
+
+def floor_seconds(cfg: zoo.PEConfig, batch: int, n: int, dtype: torch.dtype, device: torch.device, reps: int) -> float:
+    """Time of one forward's matmuls (blocks and attention pool) and attention calls, each at its best kernel."""
+    W, H, B = cfg.width, cfg.heads, batch
+    clock = timer(device)
+
+    def best(shape_in: tuple[int, ...], w_shape: tuple[int, int]) -> float:
+        x = torch.randn(*shape_in, dtype=dtype, device=device)
+        w = torch.randn(*w_shape, dtype=dtype, device=device) * 0.02
+        b = torch.zeros(w_shape[0], dtype=dtype, device=device)
+        fns = [lambda: F.linear(x, w, b)]
+        if device.type == "cpu" and torch.backends.mkldnn.is_available():
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, x.numel() // x.shape[-1])
+            fns.append(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], ""))
+        return min(interleaved(fns, reps, 1, device))
+
+    def sdpa(nq: int) -> float:
+        q = torch.randn(B, H, nq, W // H, dtype=dtype, device=device)
+        k, v = (torch.randn(B, H, n, W // H, dtype=dtype, device=device) for _ in range(2))
+        return interleaved([lambda: F.scaled_dot_product_attention(q, k, v)], reps, 1, device)[0]
+
+    block = best((B, n, W), (3 * W, W)) + best((B, n, W), (W, W)) + sdpa(n)
+    block += best((B, n, W), (cfg.mlp_dim, W)) + best((B, n, cfg.mlp_dim), (W, cfg.mlp_dim))
+    pool = 0.0
+    if cfg.pool == "attn":  # the probe's query and the per-row layers are negligible; k/v projection is not
+        pool = best((B, n, W), (2 * W, W))
+    return cfg.depth * block + pool
+
+
+def nets(name: str, dtype: torch.dtype, device: torch.device) -> tuple[zoo.PEViT, torch.nn.Module]:
+    """The zoo net and timm's model holding the same seeded random weights (Meta's layout, converted by each)."""
+    entry = get_entry(name)
+    cfg = entry.config
+    meta = meta_vision_state_dict(cfg, seed=0)
+    net = zoo.PEViT(cfg)
+    net.load_state_dict(meta_to_zoo(meta, cfg))
+    ref = timm_model(entry, cfg, meta, cfg.image_size, cfg.image_size)
+    ref.reset_classifier(0)  # pooled embedding, like net.embedding
+    return net.eval().to(device, dtype), ref.eval().to(device, dtype)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="rope_i_vit_l14_pn_aps_c1_pe-core")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--dtype", nargs="+", default=None, help="default: float32 bfloat16 (+ float16 on CUDA)")
+    parser.add_argument("--pairing", nargs="+", choices=["eager", "best", "compile"], default=["eager", "best"])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    if args.reps < 5:
+        parser.error("--reps must be at least 5 (medians of fewer calls are noise)")
+    device = torch.device(args.device)
+    dtypes = args.dtype or ["float32", "bfloat16"] + (["float16"] if device.type == "cuda" else [])
+    cfg = get_entry(args.model).config
+    n = cfg.num_prefix_tokens + cfg.grid**2
+    print(f"# {args.model} at {cfg.image_size} px on {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
+    rows = []
+    for dtype_name in dtypes:
+        dtype = getattr(torch, dtype_name)
+        net, ref = nets(args.model, dtype, device)
+        for batch in args.batch:
+            x = torch.randn(batch, 3, cfg.image_size, cfg.image_size, dtype=dtype, device=device)
+            floor = floor_seconds(cfg, batch, n, dtype, device, args.reps)
+            for pairing in args.pairing:
+                torch._dynamo.reset()
+                if pairing == "eager":
+                    fns = [lambda: net.embedding(x), lambda: ref(x)]
+                else:  # best: zoo.optimize's own choice; compile: zoo.optimize forced to compile
+                    fast = zoo.optimize(net, method="embedding", mode="auto" if pairing == "best" else "compile")
+                    with torch.no_grad():
+                        fast_ref = torch.compile(ref, dynamic=False, options={"freezing": True})
+                    fns = [lambda: fast(x), lambda: fast_ref(x)]
+                t0 = time.perf_counter()
+                t_zoo, t_timm = interleaved(fns, args.reps, args.warmup, device)
+                total = time.perf_counter() - t0
+                rows.append((pairing, batch, dtype_name, batch / t_zoo, batch / t_timm, t_timm / t_zoo, floor / t_zoo, batch / floor))
+                print(f"  done {pairing} batch {batch} {dtype_name} in {total:.0f} s", flush=True)
+        del net, ref
+    print()
+    print("| pairing | batch | dtype | zoo img/s | timm img/s | zoo / timm | zoo share of floor | floor img/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for p, b, d, z, t, r, s, f in rows:
+        print(f"| {p} | {b} | {d} | {z:.3f} | {t:.3f} | {r:.2f} | {s:.0%} | {f:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
