@@ -150,7 +150,7 @@ def _details(entry: Entry) -> str:
         f"- **Blocks / heads / MLP width:** {c.depth} / {c.heads} / {c.mlp_dim}; 2D RoPE"
         + ("; class token" if c.cls_token else "; no class token")
         + ("; layer scale" if c.layer_scale else ""),
-        "- **Pooling:** " + ("8-head attention pooling over all tokens" if c.pool == "attn" else "none (mean of patch tokens)"),
+        "- **Pooling:** " + (f"{c.pool_heads}-head attention pooling over all tokens" if c.pool == "attn" else "none (mean of patch tokens)"),
         f"- **Preprocessing:** resize the whole image to {c.image_size} x {c.image_size} (bilinear), RGB scaled to "
         f"[0, 1], normalized with mean {mean} and std {std}",
         f"- **Original checkpoint:** [{entry.source.repo}](https://huggingface.co/{entry.source.repo}), file `{entry.source.file}`",
