@@ -14,9 +14,11 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from PIL import Image
 from safetensors import safe_open
 
 import zoo
@@ -76,7 +78,14 @@ def test_dry_run_stages_weights_config_and_card(weights, tmp_path):
     assert cfg["signature"] == {"inputs": [{"data_shape": [0, 3, 384, 384]}], "outputs": [{"data_shape": [0, 192]}]}
     assert cfg["rgb_stats"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
     pre = cfg["preprocessing"]
-    assert pre["resize"] == [384, 384] and pre["interpolation"] == "bilinear" and pre["mean"] == [0.5] * 3
+    assert (pre["resize_mode"], pre["interpolation"], pre["color_mode"]) == ("squash", "bilinear", "RGB")
+    # the recipe, followed by hand with PIL and numpy, gives what zoo.classification_transform gives
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (90, 130, 4), dtype=np.uint8), "RGBA")
+    h, w = pre["resize"]
+    by_hand = np.asarray(image.convert(pre["color_mode"]).resize((w, h), Image.BILINEAR), dtype=np.float32)
+    by_hand = (by_hand * pre["rescale_factor"] - np.float32(pre["mean"])) / np.float32(pre["std"])
+    x = zoo.classification_transform(zoo.get_size_from_signature(cfg["signature"]), cfg["rgb_stats"])(image)
+    torch.testing.assert_close(x, torch.from_numpy(by_hand).permute(2, 0, 1), rtol=0, atol=1e-5)
     readme = (stage / "README.md").read_text()
     assert readme == render_card(NAME)
     card = ModelCard.load(stage / "README.md")
