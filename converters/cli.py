@@ -12,6 +12,7 @@ import torch
 from zoo.convert import ConversionError, convert_checkpoint, download_source, output_path
 from zoo.paths import weights_dir
 from zoo.registry import find_entry, load_registry
+from zoo.weights import record
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _BLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.")
@@ -56,6 +57,7 @@ def run(family: str, argv: list[str] | None = None) -> int:
         source = args.checkpoint or download_source(entry, progress=sys.stderr.isatty())
         print(f"converting {source} -> {entry.name}", file=sys.stderr)
         result = convert_checkpoint(entry, source, out_dir, dtype=DTYPES.get(args.dtype), force=args.force)
+        record(result.path, result.sha256)  # the loader verifies the file against this sha256 from now on
     except (ConversionError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -211,3 +211,18 @@ def test_new_size_matches_timm(hub, tmp_path):
         assert (net.embedding(x) - ref["embedding"]).abs().max() <= TOL
     with pytest.raises(ValueError, match="multiples of the patch size 16"):
         zoo.load_pretrained_model(SPATIAL.name, new_size=(100, 100))
+
+
+def test_reconverting_with_the_cli_keeps_loading(hub, tmp_path):
+    """The converter CLI records what it writes: a --force rebuild from another source loads, the old record does not block it."""
+    from converters.pe_core import main as convert_main
+
+    folder = tmp_path / "w"
+    src0, src1 = tmp_path / "a.pt", tmp_path / "b.pt"
+    write_meta_checkpoint(CORE, src0, seed=0)
+    vision1 = write_meta_checkpoint(CORE, src1, seed=1)
+    assert convert_main(["--variant", "T16", "--checkpoint", str(src0), "--out", str(folder)]) == 0
+    zoo.load_pretrained_model(CORE.name, weights_dir=folder)  # verified and recorded
+    assert convert_main(["--variant", "T16", "--checkpoint", str(src1), "--out", str(folder), "--force"]) == 0
+    net, _ = zoo.load_pretrained_model(CORE.name, weights_dir=folder)
+    assert_weights(net, CORE, vision1)
