@@ -2,13 +2,19 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import zoo
 from tests.oracle import timm_model, timm_outputs
-from zoo.convert import meta_to_zoo
+from tests.weights_env import CORE, hub, write_meta_checkpoint  # noqa: F401 (fixture)
+from zoo.__main__ import main
+from zoo.convert import convert_checkpoint, meta_to_zoo
+from zoo.optimize import OptimizedNet
+from zoo.paths import weights_dir
 from zoo.registry import get_entry
 from zoo.synthetic import meta_vision_state_dict
 
@@ -125,3 +131,24 @@ def test_packed_eager_weights_follow_weight_changes():
         out = net.embedding(x)
     ref = timm_outputs(timm_model(entry, cfg, other, 64, 64), x)["embedding"]
     assert (out - ref).abs().max() <= 1e-5
+
+
+def test_loader_and_cli_optimize(hub, tmp_path, capsys):
+    src = tmp_path / "src.pt"
+    write_meta_checkpoint(CORE, src)
+    convert_checkpoint(CORE, src, weights_dir())
+    fast, info = zoo.load_pretrained_model(CORE.name, inference=True, new_size=64, optimize=True)
+    net, _ = zoo.load_pretrained_model(CORE.name, inference=True, new_size=64)
+    assert isinstance(fast, OptimizedNet) and info.size == (64, 64)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (fast(x) - net(x)).abs().max() <= 1e-6
+    image = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(image)
+    saved = {}
+    for flag in ("--optimize", "--no-optimize"):
+        out_file = tmp_path / f"{flag}.npy"
+        assert main(["embed", CORE.name, str(image), "--size", "64", flag, "--out", str(out_file)]) == 0
+        saved[flag] = np.load(out_file)
+    assert saved["--optimize"].shape == (1, 192)
+    assert np.allclose(saved["--optimize"], saved["--no-optimize"], atol=1e-6)

@@ -15,6 +15,7 @@ from zoo.convert import ConversionError
 from zoo.registry import UnknownModelError, get_entry, list_pretrained_models
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+OPTIMIZE_MIN_IMAGES = 32  # embed: from this many images on, zoo.optimize repays a compile (where it compiles)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -59,7 +60,17 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     net, info = _load(args)
     transform = classification_transform(get_size_from_signature(info.signature), info.rgb_stats)
-    embeddings = np.concatenate([infer_batch(net, [image], transform) for image in args.images])
+    use_optimize = args.optimize if args.optimize is not None else len(args.images) >= OPTIMIZE_MIN_IMAGES
+    if use_optimize:
+        from zoo.inference import open_image
+        from zoo.optimize import optimize
+
+        fast = optimize(net, method="embedding")
+        embeddings = np.concatenate(
+            [fast(transform(open_image(image)).unsqueeze(0)).float().numpy() for image in args.images]
+        )
+    else:
+        embeddings = np.concatenate([infer_batch(net, [image], transform) for image in args.images])
     for image, emb in zip(args.images, embeddings):
         print(f"{image}: embedding ({emb.shape[0]},) norm {np.linalg.norm(emb):.4f} first {np.array2string(emb[:4], precision=4)}")
     if args.out:
@@ -112,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
         if cmd == "embed":
             p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
             p.add_argument("--out", type=Path, metavar="FILE.npy", help="save the embeddings [N, W] as .npy")
+            p.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=None,
+                           help=f"run through zoo.optimize (default: on from {OPTIMIZE_MIN_IMAGES} images, "
+                                "where it repays any compile time)")
         else:
             p.add_argument("image", metavar="IMAGE", help="an image file")
             p.add_argument("--layers", type=int, nargs="+", metavar="I",

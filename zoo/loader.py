@@ -12,6 +12,8 @@ import torch
 
 from zoo import paths, weights
 from zoo.nets.pe_vit import PEViT
+from zoo.optimize import OptimizedNet
+from zoo.optimize import optimize as zoo_optimize
 from zoo.registry import Entry, get_entry
 
 
@@ -99,15 +101,19 @@ def load_pretrained_model(
     new_size: int | tuple[int, int] | None = None,
     weights_dir: str | os.PathLike | None = None,
     progress_bar: bool = True,
-) -> tuple[PEViT, ModelInfo]:
+    optimize: bool = False,
+) -> tuple[PEViT | OptimizedNet, ModelInfo]:
     """A pretrained net and its ``ModelInfo`` from a registry name.
 
     Weights come from the weights folder, the converted Hub repo, or Meta's checkpoint converted on
     the spot (cached), always verified. The net is built on the meta device and the safetensors are
     memory-mapped in. ``inference=True``: eval mode without gradients. ``new_size``: another input
     size (int or (h, w)), reflected in the returned signature. ``dtype``/``device``: converted after loading.
+    ``optimize=True``: the net comes wrapped by ``zoo.optimize`` (the fastest ``net(x)`` for its device
+    and dtype, in eval mode without gradients; the net itself is at ``.net``).
     """
-    return load_entry(
+    net, info = load_entry(
         get_entry(name), inference=inference, device=device, dtype=dtype,
         new_size=new_size, weights_dir=weights_dir, progress_bar=progress_bar,
     )
+    return (zoo_optimize(net) if optimize else net), info
