@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from zoo.convert import ConversionError, convert_checkpoint, download_source, output_path
+from zoo.convert import ConversionError, convert_checkpoint, download_source, file_sha256, load_source, output_path
+from zoo.convert_text import convert_text_checkpoint, has_text_tower, text_specs, text_weights_file
 from zoo.paths import weights_dir
 from zoo.registry import find_entry, load_registry
 from zoo.weights import record
@@ -43,6 +44,9 @@ def build_parser(family: str) -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=list(DTYPES),
                         help="store the weights in this dtype (default: keep the checkpoint's dtype)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    if family == "core":
+        parser.add_argument("--vision-only", action="store_true",
+                            help="skip the CLIP text tower (by default it is written to <name>_text.safetensors beside the vision file)")
     return parser
 
 
@@ -51,19 +55,40 @@ def run(family: str, argv: list[str] | None = None) -> int:
     args = build_parser(family).parse_args(argv)
     entry = find_entry(family, args.variant)
     out_dir = args.out if args.out is not None else weights_dir()
+    text = family == "core" and not args.vision_only
+    outputs = [output_path(entry, out_dir)] + ([Path(out_dir) / text_weights_file(entry)] if text else [])
     try:
-        if output_path(entry, out_dir).exists() and not args.force:  # before any download
-            raise FileExistsError(f"{output_path(entry, out_dir)} already exists; pass --force to overwrite it")
+        for out in outputs:
+            if out.exists() and not args.force:  # before any download
+                raise FileExistsError(f"{out} already exists; pass --force to overwrite it")
         source = args.checkpoint or download_source(entry, progress=sys.stderr.isatty())
         print(f"converting {source} -> {entry.name}", file=sys.stderr)
-        result = convert_checkpoint(entry, source, out_dir, dtype=DTYPES.get(args.dtype), force=args.force)
-        record(result.path, result.sha256)  # the loader verifies the file against this sha256 from now on
+        source_sha256 = None
+        if text:  # checked before any file is written; a vision-only source gives the vision file alone
+            state = load_source(source)
+            text = has_text_tower(state)
+            if text:
+                try:
+                    text_specs(entry, state, what=Path(source).name)
+                except ConversionError as e:
+                    raise ConversionError(f"{e}; pass --vision-only to convert the vision tower alone") from None
+                source_sha256 = file_sha256(source)
+            else:
+                print("the checkpoint has no text tower: writing the vision weights only", file=sys.stderr)
+        results = [convert_checkpoint(entry, source, out_dir, dtype=DTYPES.get(args.dtype), force=args.force,
+                                      source_sha256=source_sha256)]
+        if text:
+            results.append(convert_text_checkpoint(entry, source, out_dir, dtype=DTYPES.get(args.dtype), force=args.force,
+                                                   source_sha256=source_sha256))
+        for result in results:
+            record(result.path, result.sha256)  # the loader verifies each file against this sha256 from now on
     except (ConversionError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if result.dropped:
-        print(f"dropped the text tower of the CLIP file, {summarize_keys(result.dropped)}")
-    print(f"wrote {result.path}")
-    print(f"size {result.size} bytes ({result.size / 2**20:.1f} MiB)")
-    print(f"sha256 {result.sha256}  (registry.yaml: {entry.name} -> weights.sha256)")
+    if results[0].dropped and not text:
+        print(f"dropped the text tower of the CLIP file, {summarize_keys(results[0].dropped)}")
+    for result, note in zip(results, [f"  (registry.yaml: {entry.name} -> weights.sha256)", "  (the CLIP text tower)"]):
+        print(f"wrote {result.path}")
+        print(f"size {result.size} bytes ({result.size / 2**20:.1f} MiB)")
+        print(f"sha256 {result.sha256}{note}")
     return 0

@@ -45,7 +45,10 @@ def meta_file(path, entry, cfg=None, seed=0, dtype=torch.float32, clip=None):
 
 
 def cli(family, args):
-    return importlib.import_module(f"converters.pe_{family}").main(args)
+    """The converter CLI; Core runs get --vision-only, since these CLIP files carry a cut-down text tower
+    (the text file is tested in tests/test_clip_load.py)."""
+    extra = ["--vision-only"] if family == "core" else []
+    return importlib.import_module(f"converters.pe_{family}").main(args + extra)
 
 
 def files_in(folder):
@@ -323,7 +326,7 @@ def test_offline_run_through_hub_cache(tmp_path):
     sha = _hub_cache(tmp_path / "hf" / "hub", T16, src)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_HUB_CACHE", None)
-    run = subprocess.run([sys.executable, "-m", "converters.pe_core", "--variant", "T16", "--out", str(tmp_path / "out")],
+    run = subprocess.run([sys.executable, "-m", "converters.pe_core", "--variant", "T16", "--out", str(tmp_path / "out"), "--vision-only"],
                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     out = tmp_path / "out" / T16.weights.file

@@ -1,4 +1,4 @@
-"""Command line: python -m zoo {list,info,embed,features,demo} ..."""
+"""Command line: python -m zoo {list,info,embed,features,classify,demo} ..."""
 
 from __future__ import annotations
 
@@ -97,6 +97,29 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_classify(args: argparse.Namespace) -> int:
+    from zoo.clip import load_pretrained_clip, zero_shot_classifier, zero_shot_classify
+    from zoo.inference import open_image
+    from zoo.tokenizer import get_tokenizer
+    from zoo.transforms import classification_transform
+
+    labels = [label.strip() for label in (args.labels or "").split(",") if label.strip()]
+    if not labels:
+        raise ValueError('no labels: pass the class names to rank, comma-separated, e.g. --labels "a cat,a dog,a diagram"')
+    entry = get_entry(args.name)
+    model = load_pretrained_clip(args.name, inference=True, dtype=DTYPES[args.dtype], weights_dir=args.weights_dir)
+    transform = classification_transform(entry.size, entry.rgb_stats)
+    images = torch.stack([transform(open_image(path)) for path in args.images]).to(DTYPES[args.dtype])
+    classifier = zero_shot_classifier(model, get_tokenizer(args.name), labels, templates=args.template or ["{}"])
+    probs = zero_shot_classify(model, images, classifier).float()
+    width = max(len(label) for label in labels)
+    for path, p in zip(args.images, probs):
+        print(path)
+        for rank, i in enumerate(p.argsort(descending=True).tolist(), 1):
+            print(f"  {rank:>2}  {labels[i]:<{width}}  {100 * p[i].item():6.2f}%")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from zoo.demo import run_demo
 
@@ -135,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--size", type=int, help="input size in pixels (default: the native size)")
         p.add_argument("--weights-dir", type=Path, help="weights folder (default: $ZOO_HOME/weights or ~/.cache/pe-zoo/weights)")
         p.set_defaults(func=func)
+    p = sub.add_parser("classify", help="zero-shot classification of images over your labels (PE-Core CLIP models)",
+                       description="Rank the labels for each image by CLIP probability (PE-Core models only).")
+    p.add_argument("name", help="a PE-Core registry name (see `list '*pe-core'`)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--labels", help='comma-separated class names, e.g. "a cat,a dog,a diagram"')
+    p.add_argument("--template", action="append", metavar="TEXT",
+                   help="a prompt with {} for the label, e.g. 'a photo of {}.' (repeat to average several; default: the label as is)")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="compute dtype (default float32)")
+    p.add_argument("--weights-dir", type=Path, help="weights folder (default: $ZOO_HOME/weights or ~/.cache/pe-zoo/weights)")
+    p.set_defaults(func=cmd_classify)
     p = sub.add_parser("demo", help="the whole pipeline offline, with RANDOM weights (no Hub access needed)")
     p.set_defaults(func=cmd_demo)
     return parser

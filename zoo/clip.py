@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo import paths, weights
 from zoo.nets.pe_vit import PEConfig, PEViT
 from zoo.nets.text import PEText
-from zoo.registry import TextConfig, get_entry
+from zoo.registry import Entry, TextConfig, get_entry
 from zoo.tokenizer import Tokenizer
 
 Template = str | Callable[[str], str]
@@ -31,6 +33,11 @@ class PECLIP(nn.Module):
     @property
     def context_length(self) -> int:
         return self.text.context_length
+
+    @property
+    def image_size(self) -> int:
+        """The native (training) resolution of the vision tower."""
+        return self.visual.cfg.image_size
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Image features in CLIP space [B, clip_dim] (the vision ``clip_embedding``)."""
@@ -58,17 +65,74 @@ class PECLIP(nn.Module):
         self.load_state_dict(state, strict=True, assign=assign)
 
 
-def create_clip(name: str, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> PECLIP:
-    """The CLIP model of a PE-Core registry entry, with random weights (``device="meta"`` builds it without memory)."""
+def _clip_entry(name: str) -> Entry:
     entry = get_entry(name)
     if entry.text is None:
         raise ValueError(
             f"{name} has no text tower: only PE-Core checkpoints are CLIP models; "
             "choose one of zoo.list_pretrained_models('*pe-core')"
         )
+    return entry
+
+
+def create_clip(name: str, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> PECLIP:
+    """The CLIP model of a PE-Core registry entry, with random weights (``device="meta"`` builds it without memory)."""
+    entry = _clip_entry(name)
     with torch.device(device or "cpu"):
         model = PECLIP(entry.config, entry.text)
     return model.to(dtype) if dtype is not None else model
+
+
+def load_clip_entry(
+    entry: Entry,
+    *,
+    inference: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    weights_dir: str | os.PathLike | None = None,
+    progress_bar: bool = True,
+) -> PECLIP:
+    """``load_pretrained_clip`` for a registry ``Entry`` (see there)."""
+    if entry.text is None:
+        _clip_entry(entry.name)  # raises the "no text tower" error
+    vision = weights.resolve(entry, weights_dir, progress=progress_bar)
+    text = weights.resolve(entry, weights_dir, progress=progress_bar, text=True)
+    with torch.device("meta"):  # no random init, no memory: the files' tensors are assigned below
+        model = PECLIP(entry.config, entry.text)
+    try:
+        model.load_zoo_state_dicts(weights.read_tensors(vision), weights.read_tensors(text), assign=True)
+    except RuntimeError as e:
+        raise weights.WeightsIntegrityError(
+            f"{vision} and {text} do not hold the tensors of {entry.name} ({e}); rebuild them: "
+            f"{weights.converter_command(entry, paths.weights_dir(weights_dir))} --force"
+        ) from None
+    if device is not None or dtype is not None:
+        model = model.to(device=device, dtype=dtype)
+    if inference:
+        model.eval().requires_grad_(False)
+    return model
+
+
+def load_pretrained_clip(
+    name: str,
+    *,
+    inference: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    weights_dir: str | os.PathLike | None = None,
+    progress_bar: bool = True,
+) -> PECLIP:
+    """A pretrained PE-Core CLIP model from a registry name.
+
+    Both files (``<name>.safetensors`` and ``<name>_text.safetensors``) are found like the vision
+    loader's: the weights folder, the converted Hub repo, or Meta's checkpoint converted on the spot
+    (cached), always verified. Built on the meta device, the safetensors memory-mapped in.
+    ``inference=True``: eval mode without gradients; ``device``/``dtype``: converted after loading.
+    """
+    return load_clip_entry(
+        _clip_entry(name), inference=inference, device=device, dtype=dtype,
+        weights_dir=weights_dir, progress_bar=progress_bar,
+    )
 
 
 def load_meta_weights(model: PECLIP, state_dict: Mapping[str, torch.Tensor]) -> PECLIP:
@@ -133,4 +197,4 @@ def zero_shot_classify(model: PECLIP, images: torch.Tensor, classifier: torch.Te
     return logits.softmax(dim=-1)
 
 
-__all__ = ["PECLIP", "create_clip", "load_meta_weights", "zero_shot_classifier", "zero_shot_classify"]
+__all__ = ["PECLIP", "create_clip", "load_clip_entry", "load_pretrained_clip", "load_meta_weights", "zero_shot_classifier", "zero_shot_classify"]

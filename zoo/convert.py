@@ -295,6 +295,26 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def file_metadata(
+    entry: Entry, source: str | os.PathLike, source_sha256: str | None, specs: list[TensorSpec]
+) -> dict[str, str]:
+    """The ``__metadata__`` of a zoo weights file converted from ``source`` (the vision and the text file alike)."""
+    return {
+        "format": "pe-zoo",
+        "name": entry.name,
+        "family": entry.family,
+        "variant": entry.variant,
+        "config": json.dumps(entry.config.to_dict()),
+        "signature": json.dumps(entry.signature),
+        "rgb_stats": json.dumps(entry.rgb_stats),
+        "source_repo": entry.source.repo,
+        "source_file": entry.source.file,
+        "source_sha256": source_sha256 or file_sha256(source),
+        "converter_version": str(CONVERTER_VERSION),
+        "dtype": ",".join(sorted({_dtype_name(s.dtype) for s in specs})),
+    }
+
+
 def convert_checkpoint(
     entry: Entry,
     source: str | os.PathLike,
@@ -329,20 +349,7 @@ def convert_checkpoint(
         to = dtype if dtype is not None and src.is_floating_point() else src.dtype
         shape = tuple(fn(torch.empty(src.shape, device="meta")).shape)
         specs.append(TensorSpec(zkey, shape, to, lambda fn=fn, src=src, to=to: fn(src).to(to)))
-    metadata = {
-        "format": "pe-zoo",
-        "name": entry.name,
-        "family": entry.family,
-        "variant": entry.variant,
-        "config": json.dumps(entry.config.to_dict()),
-        "signature": json.dumps(entry.signature),
-        "rgb_stats": json.dumps(entry.rgb_stats),
-        "source_repo": entry.source.repo,
-        "source_file": entry.source.file,
-        "source_sha256": source_sha256 or file_sha256(source),
-        "converter_version": str(CONVERTER_VERSION),
-        "dtype": ",".join(sorted({_dtype_name(s.dtype) for s in specs})),
-    }
+    metadata = file_metadata(entry, source, source_sha256, specs)
     out.parent.mkdir(parents=True, exist_ok=True)
     size, sha = write_safetensors(out, specs, metadata)
     return ConvertResult(path=out, size=size, sha256=sha, dropped=dropped)

@@ -9,18 +9,26 @@
 | ``text_projection`` [W, out]                  | ``proj.weight`` [out, W] (transposed)     |
 | ``logit_scale`` (scalar, use exp())           | ``logit_scale``                           |
 
-``attn_mask`` (a causal-mask buffer some files carry) is not a weight and is skipped.
+``attn_mask`` (a causal-mask buffer some files carry) is not a weight and is skipped. The text file,
+``<name>_text.safetensors``, sits beside the vision file, so vision-only users never hold it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
-from zoo.convert import ConversionError, Transform, map_vision_key, unwrap_state_dict
+from zoo.convert import (
+    ConversionError, ConvertResult, Transform, file_metadata, load_source, map_vision_key, unwrap_state_dict,
+)
 from zoo.nets.text import PEText
-from zoo.registry import TextConfig
+from zoo.registry import Entry, TextConfig
+from zoo.safetensors_writer import TensorSpec, write_safetensors
 
 Tensor = torch.Tensor
 SKIPPED = ("attn_mask",)
@@ -54,9 +62,14 @@ def map_text_key(key: str) -> tuple[str, Transform] | None:
     return None
 
 
+def has_text_tower(state: Mapping[str, Tensor]) -> bool:
+    """Whether a (unwrapped) state dict carries a CLIP text tower at all."""
+    return "token_embedding.weight" in state or "text_projection" in state
+
+
 def split_text(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The text-tower keys of a CLIP state dict (everything beside ``visual.``, without ``attn_mask``)."""
-    if "token_embedding.weight" not in state and "text_projection" not in state:
+    if not has_text_tower(state):
         raise ConversionError(
             "the checkpoint has no text tower (only PE-Core CLIP files carry one; Spatial and Lang are vision-only)"
         )
@@ -119,4 +132,55 @@ def meta_text_to_zoo(state_dict: Mapping[str, Tensor], text: TextConfig, out_dim
     return {z: fn(text_state[m]) for z, m, fn in plan_text_conversion(text_state, text, out_dim)}
 
 
-__all__ = ["map_text_key", "split_text", "expected_text_shapes", "plan_text_conversion", "meta_text_to_zoo"]
+# ---- whole files: the text tower of Meta's CLIP file -> <name>_text.safetensors ----
+
+def text_weights_file(entry: Entry) -> str:
+    """The file name of an entry's text weights: ``<name>_text.safetensors``, beside the vision file."""
+    return entry.weights.file.removesuffix(".safetensors") + "_text.safetensors"
+
+
+def text_specs(
+    entry: Entry, state: Mapping[str, Tensor], dtype: torch.dtype | None = None, what: str = "this checkpoint"
+) -> list[TensorSpec]:
+    """Every tensor of an entry's text file, checked strictly against the registry (shapes only are read)."""
+    if entry.text is None:
+        raise ConversionError(f"{entry.name} is not a CLIP model: only PE-Core checkpoints have a text tower")
+    text_state = split_text(state)
+    specs = []
+    for zkey, mkey, fn in plan_text_conversion(text_state, entry.text, entry.config.clip_dim, what):
+        src = text_state[mkey]
+        to = dtype if dtype is not None and src.is_floating_point() else src.dtype
+        shape = tuple(fn(torch.empty(src.shape, device="meta")).shape)
+        specs.append(TensorSpec(zkey, shape, to, lambda fn=fn, src=src, to=to: fn(src).to(to)))
+    return specs
+
+
+def convert_text_checkpoint(
+    entry: Entry,
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    force: bool = False,
+    source_sha256: str | None = None,
+) -> ConvertResult:
+    """Convert the text tower of Meta's CLIP checkpoint ``source`` into ``out_dir/<name>_text.safetensors``.
+
+    Streaming, strict and atomic like ``convert_checkpoint``, with the same metadata plus ``text_config``.
+    """
+    out = Path(out_dir) / text_weights_file(entry)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; pass force=True (--force) to overwrite it")
+    state = load_source(source)
+    specs = text_specs(entry, state, dtype, what=f"{Path(source).name} (requested: {entry.name})")
+    metadata = file_metadata(entry, source, source_sha256, specs)
+    metadata["text_config"] = json.dumps(dataclasses.asdict(entry.text))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    size, sha = write_safetensors(out, specs, metadata)
+    return ConvertResult(path=out, size=size, sha256=sha, dropped=[k for k in state if k.startswith("visual.") or k in SKIPPED])
+
+
+__all__ = [
+    "has_text_tower", "map_text_key", "split_text", "expected_text_shapes", "plan_text_conversion", "meta_text_to_zoo",
+    "text_weights_file", "text_specs", "convert_text_checkpoint",
+]

@@ -12,6 +12,7 @@ when the file's size, mtime, ctime or inode changed, so loading stays fast.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -29,6 +30,7 @@ from safetensors import safe_open
 
 from zoo import paths
 from zoo.convert import ConversionError, convert_checkpoint, download_source, file_sha256, read_metadata
+from zoo.convert_text import convert_text_checkpoint, text_weights_file
 from zoo.nets.pe_vit import PEConfig
 from zoo.registry import Entry
 
@@ -145,10 +147,18 @@ def check_metadata(path: str | os.PathLike, entry: Entry, rebuild: str) -> dict[
     return meta
 
 
-def check(path: str | os.PathLike, entry: Entry, rebuild: str) -> None:
-    """Verify a weights file for ``entry``: its sha256 (``verify``) and its metadata (``check_metadata``)."""
-    verify(path, entry.weights.sha256, rebuild)
-    check_metadata(path, entry, rebuild)
+def check(path: str | os.PathLike, entry: Entry, rebuild: str, text: bool = False) -> None:
+    """Verify a weights file for ``entry``: its sha256 (``verify``) and its metadata (``check_metadata``).
+
+    ``text=True``: the entry's CLIP text file, whose metadata must also carry the registry's text config.
+    """
+    verify(path, None if text else entry.weights.sha256, rebuild)
+    meta = check_metadata(path, entry, rebuild)
+    if text and entry.text is not None and json.loads(meta.get("text_config", "null")) != dataclasses.asdict(entry.text):
+        raise WeightsIntegrityError(
+            f"{path} cannot be loaded as the text tower of {entry.name}: its metadata text_config "
+            f"{meta.get('text_config')} is not the registry's {dataclasses.asdict(entry.text)}. Rebuild it: {rebuild} --force"
+        )
 
 
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -194,45 +204,47 @@ def _say(msg: str) -> None:
     print(f"pe-zoo: {msg}", file=sys.stderr)
 
 
-def _convert(entry: Entry, source: Path, folder: Path, force: bool = False) -> Path:
-    _say(f"converting Meta's checkpoint {source} into {folder / entry.weights.file} (once; it is cached there)")
+def _convert(entry: Entry, source: Path, folder: Path, force: bool = False, text: bool = False) -> Path:
+    file = text_weights_file(entry) if text else entry.weights.file
+    _say(f"converting Meta's checkpoint {source} into {folder / file} (once; it is cached there)")
     blob = Path(os.path.realpath(source)).name  # a Hub cache blob of an LFS file is named by its sha256
     known = blob if len(blob) == 64 and all(c in "0123456789abcdef" for c in blob) else None
     try:
-        result = convert_checkpoint(entry, source, folder, force=force, source_sha256=known)
+        result = (convert_text_checkpoint if text else convert_checkpoint)(entry, source, folder, force=force, source_sha256=known)
     except FileExistsError:  # another process converted it meanwhile; it is verified like any file
-        return folder / entry.weights.file
+        return folder / file
     record(result.path, result.sha256)
     return result.path
 
 
-def resolve(entry: Entry, weights_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
+def resolve(entry: Entry, weights_dir: str | os.PathLike | None = None, progress: bool = True, text: bool = False) -> Path:
     """A verified local weights file (sha256 and metadata) for ``entry``: from the weights folder, the
     converted Hub repo, or Meta's checkpoint converted on the spot. Raises ``WeightsNotFoundError``
-    saying where it looked."""
+    saying where it looked. ``text=True``: the CLIP text file of a PE-Core entry, found the same way."""
     folder = paths.weights_dir(weights_dir)
-    local = folder / entry.weights.file
+    file = text_weights_file(entry) if text else entry.weights.file
+    local = folder / file
     rebuild = converter_command(entry, folder)
     if local.is_file():
         try:
-            check(local, entry, rebuild)
+            check(local, entry, rebuild, text)
         except WeightsIntegrityError as e:
             source = try_to_load_from_cache(entry.source.repo, entry.source.file)
             if not isinstance(source, str):
                 raise
             warnings.warn(f"{e}\nRebuilding it now from Meta's checkpoint in the Hub cache.", stacklevel=3)
             _say(f"WARNING: {local} failed verification; rebuilding it from {source}")
-            local = _convert(entry, Path(source), folder, force=True)
-            check(local, entry, rebuild)
+            local = _convert(entry, Path(source), folder, force=True, text=text)
+            check(local, entry, rebuild, text)
         return local
     looked = [f"{local} (the weights folder)"]
     if entry.weights.hub_repo:
         try:
-            hub_file = Path(hf_hub_download(entry.weights.hub_repo, entry.weights.file, tqdm_class=None if progress else _Quiet))
+            hub_file = Path(hf_hub_download(entry.weights.hub_repo, file, tqdm_class=None if progress else _Quiet))
         except (OSError, EntryNotFoundError, ValueError) as e:
-            looked.append(f"{entry.weights.file} in the Hub repo {entry.weights.hub_repo} ({type(e).__name__})")
+            looked.append(f"{file} in the Hub repo {entry.weights.hub_repo} ({type(e).__name__})")
         else:
-            check(hub_file, entry, rebuild)
+            check(hub_file, entry, rebuild, text)
             return hub_file
     try:
         source = download_source(entry, progress=progress)
@@ -243,6 +255,6 @@ def resolve(entry: Entry, weights_dir: str | os.PathLike | None = None, progress
             + f". With Hub access they are fetched automatically; or build them with: {rebuild}"
             + " (add --checkpoint PATH for a local copy of Meta's file)"
         ) from None
-    path = _convert(entry, source, folder)
-    check(path, entry, rebuild)
+    path = _convert(entry, source, folder, text=text)
+    check(path, entry, rebuild, text)
     return path
