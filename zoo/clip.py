@@ -65,11 +65,10 @@ class PECLIP(nn.Module):
         self.load_state_dict(state, strict=True, assign=assign)
 
 
-def _clip_entry(name: str) -> Entry:
-    entry = get_entry(name)
+def _require_text(entry: Entry) -> Entry:
     if entry.text is None:
         raise ValueError(
-            f"{name} has no text tower: only PE-Core checkpoints are CLIP models; "
+            f"{entry.name} has no text tower: only PE-Core checkpoints are CLIP models; "
             "choose one of zoo.list_pretrained_models('*pe-core')"
         )
     return entry
@@ -77,7 +76,7 @@ def _clip_entry(name: str) -> Entry:
 
 def create_clip(name: str, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> PECLIP:
     """The CLIP model of a PE-Core registry entry, with random weights (``device="meta"`` builds it without memory)."""
-    entry = _clip_entry(name)
+    entry = _require_text(get_entry(name))
     with torch.device(device or "cpu"):
         model = PECLIP(entry.config, entry.text)
     return model.to(dtype) if dtype is not None else model
@@ -93,8 +92,7 @@ def load_clip_entry(
     progress_bar: bool = True,
 ) -> PECLIP:
     """``load_pretrained_clip`` for a registry ``Entry`` (see there)."""
-    if entry.text is None:
-        _clip_entry(entry.name)  # raises the "no text tower" error
+    _require_text(entry)
     vision = weights.resolve(entry, weights_dir, progress=progress_bar)
     text = weights.resolve(entry, weights_dir, progress=progress_bar, text=True)
     with torch.device("meta"):  # no random init, no memory: the files' tensors are assigned below
@@ -130,7 +128,7 @@ def load_pretrained_clip(
     ``inference=True``: eval mode without gradients; ``device``/``dtype``: converted after loading.
     """
     return load_clip_entry(
-        _clip_entry(name), inference=inference, device=device, dtype=dtype,
+        get_entry(name), inference=inference, device=device, dtype=dtype,
         weights_dir=weights_dir, progress_bar=progress_bar,
     )
 
@@ -197,4 +195,7 @@ def zero_shot_classify(model: PECLIP, images: torch.Tensor, classifier: torch.Te
     return logits.softmax(dim=-1)
 
 
-__all__ = ["PECLIP", "create_clip", "load_clip_entry", "load_pretrained_clip", "load_meta_weights", "zero_shot_classifier", "zero_shot_classify"]
+__all__ = [
+    "PECLIP", "create_clip", "load_clip_entry", "load_pretrained_clip", "load_meta_weights",
+    "zero_shot_classifier", "zero_shot_classify",
+]
