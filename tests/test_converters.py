@@ -229,7 +229,8 @@ def test_existing_output_kept_unless_force(tmp_path, capsys):
         convert_checkpoint(T16, other, tmp_path / "out")
     assert cli("core", args + ["--checkpoint", str(other), "--force"]) == 0
     assert out.read_bytes() != before
-    assert files_in(tmp_path / "out") == [T16.weights.file]
+    # the output and its sha256 record (which the loader verifies against); no temp file left
+    assert files_in(tmp_path / "out") == sorted([T16.weights.file, T16.weights.file + ".sha256.json"])
 
 
 def test_interrupted_write_leaves_nothing(tmp_path):
