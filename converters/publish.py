@@ -17,6 +17,7 @@ from typing import Any
 import zoo
 from zoo.cards import render_card
 from zoo.convert import ConversionError, file_sha256, read_metadata
+from zoo.convert_text import text_weights_file
 from zoo.paths import weights_dir
 from zoo.registry import Entry, UnknownModelError, get_entry
 from zoo.weights import converter_command
@@ -55,12 +56,7 @@ def hub_config(entry: Entry) -> dict[str, Any]:
     }
 
 
-def checked_weights(entry: Entry, folder: Path) -> Path:
-    """The entry's converted weights in ``folder``, checked to hold this entry and (if known) the registry's sha256."""
-    path = folder / entry.weights.file
-    if not path.is_file():
-        raise PublishError(f"no converted weights for {entry.name} at {path}; convert them first with "
-                           f"`{converter_command(entry, folder)}` or pass --weights-dir")
+def _check_holds(entry: Entry, path: Path, folder: Path) -> None:
     try:
         held = read_metadata(path).get("name")
     except ConversionError as e:
@@ -68,6 +64,15 @@ def checked_weights(entry: Entry, folder: Path) -> Path:
     if held != entry.name:
         raise PublishError(f"{path} holds {held!r}, not {entry.name!r}; reconvert it with "
                            f"`{converter_command(entry, folder)} --force`")
+
+
+def checked_weights(entry: Entry, folder: Path) -> Path:
+    """The entry's converted weights in ``folder``, checked to hold this entry and (if known) the registry's sha256."""
+    path = folder / entry.weights.file
+    if not path.is_file():
+        raise PublishError(f"no converted weights for {entry.name} at {path}; convert them first with "
+                           f"`{converter_command(entry, folder)}` or pass --weights-dir")
+    _check_holds(entry, path, folder)
     if entry.weights.sha256 is not None:
         sha = file_sha256(path)
         if sha != entry.weights.sha256:
@@ -76,8 +81,17 @@ def checked_weights(entry: Entry, folder: Path) -> Path:
     return path
 
 
-def stage(entry: Entry, weights: Path, folder: Path) -> list[tuple[str, int, str]]:
-    """Create ``folder`` (new or empty) with the weights, ``config.json`` and the card as ``README.md``.
+def checked_text_weights(entry: Entry, folder: Path) -> Path | None:
+    """A PE-Core entry's CLIP text file in ``folder`` (checked to hold this entry), if it is there."""
+    path = folder / text_weights_file(entry)
+    if entry.family != "core" or not path.is_file():
+        return None
+    _check_holds(entry, path, folder)
+    return path
+
+
+def stage(entry: Entry, weights: list[Path], folder: Path) -> list[tuple[str, int, str]]:
+    """Create ``folder`` (new or empty) with the weights files, ``config.json`` and the card as ``README.md``.
 
     It is filled beside its final place and moved there at the end, so a failure leaves nothing behind.
     The weights are hard-linked when possible. Returns ``(file name, size, sha256)`` of each staged file.
@@ -87,10 +101,11 @@ def stage(entry: Entry, weights: Path, folder: Path) -> list[tuple[str, int, str
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        try:
-            os.link(weights, tmp / entry.weights.file)
-        except OSError:  # another file system, or links not allowed
-            shutil.copyfile(weights, tmp / entry.weights.file)
+        for path in weights:
+            try:
+                os.link(path, tmp / path.name)
+            except OSError:  # another file system, or links not allowed
+                shutil.copyfile(path, tmp / path.name)
         (tmp / "config.json").write_text(json.dumps(hub_config(entry), indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(render_card(entry.name), encoding="utf-8")
         os.replace(tmp, folder)
@@ -130,10 +145,14 @@ def publish(name: str, repo_id: str, *, folder: Path | None, private: bool, dry_
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise PublishError(f"--repo-id must look like ORG/REPO, got {repo_id!r}")
     weights = checked_weights(entry, weights_dir(folder))
+    text = checked_text_weights(entry, weights.parent)
+    if entry.family == "core" and text is None:
+        print(f"note: no {text_weights_file(entry)} beside the weights: the repo will serve the vision tower only "
+              "(zoo.load_pretrained_clip needs the text file too)")
     token = None if dry_run else hub_token()
     with tempfile.TemporaryDirectory(prefix=".pe-zoo-publish-", dir=weights.parent) as tmp:  # same disk: hard links
         where = stage_dir if stage_dir is not None else Path(tmp) / entry.name
-        files = stage(entry, weights, where)
+        files = stage(entry, [weights] + ([text] if text else []), where)
         print(f"staged {entry.name} for {repo_id} in {where}:")
         for fname, size, sha in files:
             print(f"  {fname:50s} {size:>14,d} bytes  sha256 {sha}")

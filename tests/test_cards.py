@@ -22,6 +22,7 @@ from converters import cards as cards_cli
 from tests.oracle import timm_model, timm_outputs
 from zoo.cards import IMAGE_PLACEHOLDER, PRINTS, render_card
 from zoo.convert import read_metadata
+from zoo.convert_text import text_weights_file
 from zoo.hub_cache import add_file, use_cache
 from zoo.registry import get_entry
 from zoo.synthetic import meta_clip_state_dict, meta_vision_state_dict
@@ -190,6 +191,8 @@ def test_small_card_rebuilds_and_runs_as_written(name, meta_hub):
     command = re.search(r"^```bash\n(python -m converters\.\S+ .*)\n```$", text, flags=re.M).group(1).split()
     assert importlib.import_module(command[2]).main(command[3:]) == 0
     assert read_metadata(tmp / "zoo_home" / "weights" / e.weights.file)["name"] == name
+    if e.family == "core" and e.variant == "T16":  # the full CLIP file: the text tower goes to its own file
+        assert read_metadata(tmp / "zoo_home" / "weights" / text_weights_file(e))["name"] == name
     blocks = python_blocks(text)
     assert len(blocks) == (3 if e.family == "core" else 2)
     ref = None

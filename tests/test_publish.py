@@ -25,10 +25,11 @@ import zoo
 from converters.publish import PublishError, checked_weights, main
 from zoo.cards import render_card
 from zoo.convert import convert_checkpoint
+from zoo.convert_text import convert_text_checkpoint, text_weights_file
 from zoo.hub_cache import add_file, use_cache
 from zoo.loader import load_entry
 from zoo.registry import get_entry
-from zoo.synthetic import meta_vision_state_dict
+from zoo.synthetic import meta_clip_state_dict
 
 NAME = "rope_i_vit_t16_pn_aps_c1_pe-core"
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,8 +41,9 @@ def weights(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("publish")
     entry = get_entry(NAME)
     src = tmp / entry.source.file
-    torch.save(meta_vision_state_dict(entry.config, seed=3), src)
+    torch.save(meta_clip_state_dict(entry.config, entry.text, seed=3), src)
     convert_checkpoint(entry, src, tmp / "weights")
+    convert_text_checkpoint(entry, src, tmp / "weights")
     return tmp / "weights"
 
 
@@ -63,7 +65,8 @@ def test_dry_run_stages_weights_config_and_card(weights, tmp_path):
                  "--stage-dir", str(stage)], tmp_path)
     assert r.returncode == 0, r.stderr
     entry = get_entry(NAME)
-    assert sorted(p.name for p in stage.iterdir()) == sorted(["README.md", "config.json", entry.weights.file])
+    assert sorted(p.name for p in stage.iterdir()) == sorted(["README.md", "config.json", entry.weights.file, text_weights_file(entry)])
+    assert "note:" not in r.stdout
     for p in stage.iterdir():  # every staged file is listed with its size and sha256
         line = next(line for line in r.stdout.splitlines() if line.strip().startswith(p.name))
         assert f"{p.stat().st_size:,d} bytes" in line and sha256(p) in line
@@ -134,6 +137,13 @@ def test_registry_sha256_is_enforced(weights):
     bad = dataclasses.replace(entry, weights=dataclasses.replace(entry.weights, sha256="0" * 64))
     with pytest.raises(PublishError, match=f"has sha256 {actual} but registry.yaml expects 0000"):
         checked_weights(bad, weights)
+
+
+def test_core_without_text_file_publishes_the_vision_tower_with_a_note(weights, tmp_path, capsys):
+    (tmp_path / get_entry(NAME).weights.file).symlink_to(weights / get_entry(NAME).weights.file)
+    assert main([NAME, "--repo-id", "a/b", "--weights-dir", str(tmp_path), "--dry-run", "--stage-dir", str(tmp_path / "s")]) == 0
+    assert "note: no rope_i_vit_t16_pn_aps_c1_pe-core_text.safetensors" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(["README.md", "config.json", get_entry(NAME).weights.file])
 
 
 def test_weights_of_another_model_are_refused(weights, tmp_path):
@@ -212,7 +222,8 @@ def test_publish_uploads_the_staged_folder_and_says_how_to_use_it(weights, tmp_p
     lines = [json.loads(line) for line in calls["/api/models/someone/pe-t16/commit/main"][1].splitlines()]
     uploaded = {v["value"]["path"]: base64.b64decode(v["value"]["content"]) for v in lines if v["key"] == "file"}
     entry = get_entry(NAME)
-    assert sorted(uploaded) == sorted(["README.md", "config.json", entry.weights.file])
+    assert sorted(uploaded) == sorted(["README.md", "config.json", entry.weights.file, text_weights_file(entry)])
+    assert uploaded[text_weights_file(entry)] == (weights / text_weights_file(entry)).read_bytes()
     assert uploaded["README.md"].decode() == render_card(NAME)
     assert json.loads(uploaded["config.json"])["name"] == NAME
     sha = sha256(weights / entry.weights.file)
@@ -220,7 +231,7 @@ def test_publish_uploads_the_staged_folder_and_says_how_to_use_it(weights, tmp_p
     assert token not in r.stdout + r.stderr
     assert f"published {NAME} to http://127.0.0.1:{server.server_address[1]}/someone/pe-t16\n" in r.stdout
     assert f"weights: {{file: {entry.weights.file}, sha256: {sha}, hub_repo: someone/pe-t16}}" in r.stdout
-    assert sorted(p.name for p in weights.iterdir()) == [entry.weights.file]  # the staging folder is gone
+    assert sorted(p.name for p in weights.iterdir()) == sorted([entry.weights.file, text_weights_file(entry)])  # staging gone
     # following the printed advice (hub_repo + sha256 in the registry), the loader takes the published file
     (tmp_path / "published").write_bytes(uploaded[entry.weights.file])
     add_file(tmp_path / "hub", "someone/pe-t16", entry.weights.file, tmp_path / "published")

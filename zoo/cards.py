@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from huggingface_hub import ModelCardData
 
+from zoo.convert_text import text_weights_file
 from zoo.models import create_model
 from zoo.registry import Entry, find_entry, get_entry
 from zoo.weights import converter_command
@@ -107,11 +108,12 @@ def _summary(entry: Entry) -> str:
     )
     if entry.family == "core":
         return head + (
-            " This is the vision half of a CLIP model: the converted file holds the vision tower only, not the "
-            "text tower of Meta's CLIP file. "
+            " This is the vision half of a CLIP model. "
             f"The CLIP projection ({c.width} -> {c.clip_dim}) is kept as an optional part: `net.clip_embedding(x)` "
             "gives the image embedding in CLIP space, while `embedding` (and `infer_image`) is the attention-pooled "
-            "feature before that projection, a general-purpose image descriptor."
+            "feature before that projection, a general-purpose image descriptor. The text tower of Meta's CLIP file "
+            f"is converted into a separate file, `{text_weights_file(entry)}`, which `zoo.load_pretrained_clip` "
+            "pairs with this encoder for zero-shot classification."
         )
     use = "detection, segmentation or depth" if entry.family == "spatial" else "a multimodal language model"
     tail = (
@@ -205,9 +207,10 @@ def _rebuild(entry: Entry) -> str:
     lines = [
         "The weights are converted from Meta's original file by pe-zoo's converter, which downloads "
         f"`{entry.source.file}` from `{entry.source.repo}`, keeps the vision tower"
-        + (" (the text tower of the CLIP file is dropped)" if entry.family == "core" else "")
         + ", checks every tensor against the architecture, and writes "
-        f"`{w.file}`:",
+        f"`{w.file}`"
+        + (f" and the text tower's `{text_weights_file(entry)}` (`--vision-only` skips it)" if entry.family == "core" else "")
+        + ":",
         "",
         "```bash",
         converter_command(entry),
