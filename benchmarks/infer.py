@@ -8,8 +8,9 @@ dtype: no autocast) and ``best`` (``zoo.optimize`` against timm under ``torch.co
 freezing); ``compile`` (opt-in) is ``best`` with the zoo forced to compile too. Both sides compute the pooled embedding; calls alternate zoo, timm, zoo, timm ... after
 the warm-up (which also pays any compilation), and each figure is the median of ``--reps`` calls.
 
-The floor is the time of the net's matrix multiplies and attention calls alone, each timed on its
-own shape with the fastest kernel available (``F.linear`` or a oneDNN-packed linear on CPU);
+The floor is the time of the net's matrix multiplies and attention calls alone, each on its own
+shape with the faster kernel (``F.linear`` or a oneDNN-packed linear on CPU), timed in the same
+interleaved rounds (zoo, timm, floor, zoo, ...) so load from other processes hits all three alike;
 "floor share" is floor time / zoo time. Defaults: PE-Core L14 at its native 336 px; float16 is
 added on CUDA.
 """
@@ -62,32 +63,40 @@ def interleaved(fns: list[Callable[[], object]], reps: int, warmup: int, device:
     return [statistics.median(t) for t in times]
 
 
-def floor_seconds(cfg: zoo.PEConfig, batch: int, n: int, dtype: torch.dtype, device: torch.device, reps: int) -> float:
-    """Time of one forward's matmuls (blocks and attention pool) and attention calls, each at its best kernel."""
+def floor_fn(cfg: zoo.PEConfig, batch: int, n: int, dtype: torch.dtype, device: torch.device) -> Callable[[], None]:
+    """One forward's matmuls (blocks and the attention pool's k/v projection) and attention calls, each
+    on the faster of ``F.linear`` and a oneDNN-packed linear (CPU); the per-row layers are negligible."""
     W, H, B = cfg.width, cfg.heads, batch
-    clock = timer(device)
+    ops: list[Callable[[], object]] = []
 
-    def best(shape_in: tuple[int, ...], w_shape: tuple[int, int]) -> float:
-        x = torch.randn(*shape_in, dtype=dtype, device=device)
-        w = torch.randn(*w_shape, dtype=dtype, device=device) * 0.02
-        b = torch.zeros(w_shape[0], dtype=dtype, device=device)
+    def linear(rows_in: int, k: int, m: int) -> None:
+        x = torch.randn(B, rows_in, k, dtype=dtype, device=device)
+        w = torch.randn(m, k, dtype=dtype, device=device) * 0.02
+        b = torch.zeros(m, dtype=dtype, device=device)
         fns = [lambda: F.linear(x, w, b)]
         if device.type == "cpu" and torch.backends.mkldnn.is_available():
-            packed = torch.ops.mkldnn._reorder_linear_weight(w, x.numel() // x.shape[-1])
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, B * rows_in)
             fns.append(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], ""))
-        return min(interleaved(fns, reps, 1, device))
+        times = interleaved(fns, 5, 1, device)
+        ops.append(fns[times.index(min(times))])
 
-    def sdpa(nq: int) -> float:
-        q = torch.randn(B, H, nq, W // H, dtype=dtype, device=device)
-        k, v = (torch.randn(B, H, n, W // H, dtype=dtype, device=device) for _ in range(2))
-        return interleaved([lambda: F.scaled_dot_product_attention(q, k, v)], reps, 1, device)[0]
+    q, k, v = (torch.randn(B, H, n, W // H, dtype=dtype, device=device) for _ in range(3))
+    for shape in ((n, W, 3 * W), (n, W, W), (n, W, cfg.mlp_dim), (n, cfg.mlp_dim, W)):
+        linear(*shape)
+    ops.append(lambda: F.scaled_dot_product_attention(q, k, v))
+    block = list(ops)
+    if cfg.pool == "attn":
+        linear(n, W, 2 * W)
+    tail = ops[len(block):]
 
-    block = best((B, n, W), (3 * W, W)) + best((B, n, W), (W, W)) + sdpa(n)
-    block += best((B, n, W), (cfg.mlp_dim, W)) + best((B, n, cfg.mlp_dim), (W, cfg.mlp_dim))
-    pool = 0.0
-    if cfg.pool == "attn":  # the probe's query and the per-row layers are negligible; k/v projection is not
-        pool = best((B, n, W), (2 * W, W))
-    return cfg.depth * block + pool
+    def run() -> None:
+        for _ in range(cfg.depth):
+            for op in block:
+                op()
+        for op in tail:
+            op()
+
+    return run
 
 
 def nets(name: str, dtype: torch.dtype, device: torch.device) -> tuple[zoo.PEViT, torch.nn.Module]:
@@ -125,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         net, ref = nets(args.model, dtype, device)
         for batch in args.batch:
             x = torch.randn(batch, 3, cfg.image_size, cfg.image_size, dtype=dtype, device=device)
-            floor = floor_seconds(cfg, batch, n, dtype, device, args.reps)
+            floor = floor_fn(cfg, batch, n, dtype, device)
             for pairing in args.pairing:
                 torch._dynamo.reset()
                 if pairing == "eager":
@@ -136,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
                         fast_ref = torch.compile(ref, dynamic=False, options={"freezing": True})
                     fns = [lambda: fast(x), lambda: fast_ref(x)]
                 t0 = time.perf_counter()
-                t_zoo, t_timm = interleaved(fns, args.reps, args.warmup, device)
+                t_zoo, t_timm, t_floor = interleaved([*fns, floor], args.reps, args.warmup, device)
                 total = time.perf_counter() - t0
-                rows.append((pairing, batch, dtype_name, batch / t_zoo, batch / t_timm, t_timm / t_zoo, floor / t_zoo, batch / floor))
+                rows.append((pairing, batch, dtype_name, batch / t_zoo, batch / t_timm, t_timm / t_zoo, t_floor / t_zoo, batch / t_floor))
                 print(f"  done {pairing} batch {batch} {dtype_name} in {total:.0f} s", flush=True)
         del net, ref
     print()
