@@ -21,7 +21,7 @@ from zoo.synthetic import meta_vision_state_dict
 TINY = "rope_i_vit_t16_pn_aps_c1_pe-core"
 
 
-def small(seed=7, depth=2):
+def small(seed=7, depth=1):
     """T16 cut to ``depth`` blocks (compiles fast), with Meta-layout weights."""
     entry = get_entry(TINY)
     cfg = dataclasses.replace(entry.config, depth=depth)
@@ -69,7 +69,7 @@ def test_falls_back_to_eager_when_compile_is_unavailable(monkeypatch):
         raise RuntimeError("torch.compile is not supported here")
 
     monkeypatch.setattr(torch, "compile", no_compile)
-    _, _, _, net = small(depth=1)
+    _, _, _, net = small()
     with pytest.warns(RuntimeWarning, match="torch.compile is unavailable.*eager"):
         fast = zoo.optimize(net, method="clip_embedding", mode="compile")
     assert not fast.compiled
@@ -86,7 +86,7 @@ def test_falls_back_to_eager_when_compilation_fails_at_the_first_call(monkeypatc
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compiler)
-    _, _, _, net = small(depth=1)
+    _, _, _, net = small()
     fast = zoo.optimize(net, mode="compile")
     x = torch.randn(1, 3, 32, 32)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found"):
@@ -100,7 +100,7 @@ def test_falls_back_to_eager_when_compilation_fails_at_the_first_call(monkeypatc
 
 def test_auto_mode_picks_eager_on_cpu():
     """On CPU the packed eager net measured faster than inductor's frozen graph (README "Speed")."""
-    _, _, _, net = small(depth=1)
+    _, _, _, net = small()
     fast = zoo.optimize(net.train())
     assert not fast.compiled and not net.training
     x = torch.randn(1, 3, 32, 32)
@@ -111,7 +111,7 @@ def test_auto_mode_picks_eager_on_cpu():
 
 
 def test_bad_arguments():
-    _, _, _, net = small(depth=1)
+    _, _, _, net = small()
     with pytest.raises(ValueError, match="unknown method 'logits'.*embedding"):
         zoo.optimize(net, method="logits")
     with pytest.raises(ValueError, match="unknown mode 'fast'"):
