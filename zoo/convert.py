@@ -167,6 +167,30 @@ def describe_source(vision: Mapping[str, Tensor]) -> str:
     return f"width {width}, patch {patch}, depth {depth}, {'a' if cls else 'no'} cls token, native {grid * patch}px"
 
 
+def plan_problems(
+    plan: list[tuple[str, str, Transform]], source: Mapping[str, Tensor], want: Mapping[str, torch.Size], unknown: list[str]
+) -> list[str]:
+    """What is wrong with a conversion plan: unknown source keys, surplus, missing and mis-shaped targets."""
+    got = {z for z, _, _ in plan}
+    problems = []
+    if unknown:
+        problems.append(f"unknown key(s) {unknown[:10]}")
+    surplus = sorted(got - set(want))
+    if surplus:
+        problems.append(f"tensor(s) the target has no place for {surplus[:10]}")
+    missing = sorted(set(want) - got)
+    if missing:
+        problems.append(f"missing tensor(s) for {missing[:10]}")
+    bad = []
+    for zkey, mkey, fn in plan:
+        shape = fn(torch.empty(source[mkey].shape, device="meta")).shape
+        if zkey in want and shape != want[zkey]:
+            bad.append(f"{mkey} -> {zkey}: {tuple(shape)} != expected {tuple(want[zkey])}")
+    if bad:
+        problems.append("shape mismatch " + "; ".join(bad[:5]))
+    return problems
+
+
 def plan_conversion(vision: Mapping[str, Tensor], cfg: PEConfig, what: str = "this checkpoint") -> list[tuple[str, str, Transform]]:
     """Check a vision state dict against ``cfg`` and return ``(zoo_key, meta_key, transform)`` for every zoo tensor.
 
@@ -186,22 +210,9 @@ def plan_conversion(vision: Mapping[str, Tensor], cfg: PEConfig, what: str = "th
                 unused.append(key)
                 break
             plan.append((zkey, key, fn))
-    got = {z for z, _, _ in plan}
-    missing = sorted(set(want) - got)
-    problems = []
-    if unknown:
-        problems.append(f"unknown key(s) {unknown[:10]}")
+    problems = plan_problems(plan, vision, want, unknown)
     if unused:
-        problems.append(f"key(s) this architecture has no place for {sorted(set(unused))[:10]}")
-    if missing:
-        problems.append(f"missing tensor(s) for {missing[:10]}")
-    bad_shapes = []
-    for zkey, mkey, fn in plan:
-        shape = fn(torch.empty(vision[mkey].shape, device="meta")).shape
-        if zkey in want and shape != want[zkey]:
-            bad_shapes.append(f"{mkey} -> {zkey}: {tuple(shape)} != expected {tuple(want[zkey])}")
-    if bad_shapes:
-        problems.append("shape mismatch " + "; ".join(bad_shapes[:5]))
+        problems.insert(1 if unknown else 0, f"key(s) this architecture has no place for {sorted(set(unused))[:10]}")
     if problems:
         raise ConversionError(
             f"{what} does not fit the requested architecture ({describe_config(cfg)}); it looks like "

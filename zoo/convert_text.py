@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from zoo.convert import (
-    ConversionError, ConvertResult, Transform, file_metadata, load_source, map_vision_key, unwrap_state_dict,
+    ConversionError, ConvertResult, Transform, file_metadata, load_source, map_vision_key, plan_problems, unwrap_state_dict,
 )
 from zoo.nets.text import PEText
 from zoo.registry import Entry, TextConfig
@@ -101,23 +101,7 @@ def plan_text_conversion(
             unknown.append(key)
         else:
             plan.append((target[0], key, target[1]))
-    got = {z for z, _, _ in plan}
-    problems = []
-    if unknown:
-        problems.append(f"unknown key(s) {unknown[:10]}")
-    surplus = sorted(got - set(want))
-    if surplus:
-        problems.append(f"tensor(s) this text tower has no place for {surplus[:10]}")
-    missing = sorted(set(want) - got)
-    if missing:
-        problems.append(f"missing tensor(s) for {missing[:10]}")
-    bad = []
-    for zkey, mkey, fn in plan:
-        shape = fn(torch.empty(text_state[mkey].shape, device="meta")).shape
-        if zkey in want and shape != want[zkey]:
-            bad.append(f"{mkey} -> {zkey}: {tuple(shape)} != expected {tuple(want[zkey])}")
-    if bad:
-        problems.append("shape mismatch " + "; ".join(bad[:5]))
+    problems = plan_problems(plan, text_state, want, unknown)
     if problems:
         raise ConversionError(
             f"the text tower of {what} does not fit the requested one (width {text.width}, depth {text.depth}, "
