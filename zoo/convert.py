@@ -306,6 +306,19 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def plan_specs(
+    plan: list[tuple[str, str, Transform]], source: Mapping[str, Tensor], dtype: torch.dtype | None
+) -> list[TensorSpec]:
+    """The streaming writer's specs for a checked plan: each tensor is mapped and cast only when written."""
+    specs = []
+    for zkey, mkey, fn in plan:
+        src = source[mkey]
+        to = dtype if dtype is not None and src.is_floating_point() else src.dtype
+        shape = tuple(fn(torch.empty(src.shape, device="meta")).shape)
+        specs.append(TensorSpec(zkey, shape, to, lambda fn=fn, src=src, to=to: fn(src).to(to)))
+    return specs
+
+
 def file_metadata(
     entry: Entry, source: str | os.PathLike, source_sha256: str | None, specs: list[TensorSpec]
 ) -> dict[str, str]:
@@ -354,12 +367,7 @@ def convert_checkpoint(
             hint = (f"it looks like {other.variant} ({other.name}); convert it with "
                     f"`python -m converters.pe_{other.family} --variant {other.variant}`")
         raise ConversionError(f"{e}. {hint}") from None
-    specs = []
-    for zkey, mkey, fn in plan:
-        src = vision[mkey]
-        to = dtype if dtype is not None and src.is_floating_point() else src.dtype
-        shape = tuple(fn(torch.empty(src.shape, device="meta")).shape)
-        specs.append(TensorSpec(zkey, shape, to, lambda fn=fn, src=src, to=to: fn(src).to(to)))
+    specs = plan_specs(plan, vision, dtype)
     metadata = file_metadata(entry, source, source_sha256, specs)
     out.parent.mkdir(parents=True, exist_ok=True)
     size, sha = write_safetensors(out, specs, metadata)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from zoo.convert import (
-    ConversionError, ConvertResult, Transform, file_metadata, load_source, map_vision_key, plan_problems, unwrap_state_dict,
+    ConversionError, ConvertResult, Transform, file_metadata, load_source, map_vision_key, plan_problems, plan_specs, unwrap_state_dict,
 )
 from zoo.nets.text import PEText
 from zoo.registry import Entry, TextConfig
@@ -130,13 +130,7 @@ def text_specs(
     if entry.text is None:
         raise ConversionError(f"{entry.name} is not a CLIP model: only PE-Core checkpoints have a text tower")
     text_state = split_text(state)
-    specs = []
-    for zkey, mkey, fn in plan_text_conversion(text_state, entry.text, entry.config.clip_dim, what):
-        src = text_state[mkey]
-        to = dtype if dtype is not None and src.is_floating_point() else src.dtype
-        shape = tuple(fn(torch.empty(src.shape, device="meta")).shape)
-        specs.append(TensorSpec(zkey, shape, to, lambda fn=fn, src=src, to=to: fn(src).to(to)))
-    return specs
+    return plan_specs(plan_text_conversion(text_state, entry.text, entry.config.clip_dim, what), text_state, dtype)
 
 
 def convert_text_checkpoint(

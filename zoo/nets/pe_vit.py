@@ -113,6 +113,19 @@ class Linear(nn.Linear):
         return y if residual is None else residual + y
 
 
+@torch.no_grad()
+def init_linears_and_norms(module: nn.Module) -> None:
+    """Random init shared by the towers: truncated-normal linear weights, zero biases, unit LayerNorms."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class Attention(nn.Module):
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
@@ -218,15 +231,9 @@ class PEViT(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """Random initialisation (for training from scratch; pretrained loads overwrite it)."""
+        init_linears_and_norms(self)
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, LayerScale):
+            if isinstance(m, LayerScale):
                 m.gamma.fill_(0.1)
         nn.init.trunc_normal_(self.patch_embed.weight, std=0.02)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.nets.pe_vit import Linear, Mlp
+from zoo.nets.pe_vit import Linear, Mlp, init_linears_and_norms
 
 if TYPE_CHECKING:
     from zoo.registry import TextConfig
@@ -67,14 +67,7 @@ class PEText(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """Random initialisation (pretrained loads overwrite it)."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linears_and_norms(self)
         nn.init.normal_(self.token_embed.weight, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.01)
 
