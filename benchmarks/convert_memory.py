@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from zoo.registry import find_entry
-from zoo.synthetic import text_shapes, vision_shapes
+from zoo.testing.synthetic import text_shapes, vision_shapes
 
 BOUND = 1 << 30  # 1 GiB
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import zoo  # noqa: E402
 from tests.oracle import timm_model  # noqa: E402
-from zoo.convert import meta_to_zoo  # noqa: E402
+from zoo.weights import meta_to_zoo  # noqa: E402
 from zoo.registry import get_entry  # noqa: E402
-from zoo.synthetic import meta_vision_state_dict  # noqa: E402
+from zoo.testing.synthetic import meta_vision_state_dict  # noqa: E402
 
 
 def timer(device: torch.device) -> Callable[[Callable[[], object]], float]:

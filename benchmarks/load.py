@@ -34,9 +34,9 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from zoo import weights  # noqa: E402
-from zoo.hub_cache import add_file, use_cache  # noqa: E402
+from zoo.testing.hub_cache import add_file, use_cache  # noqa: E402
 from zoo.registry import find_entry  # noqa: E402
-from zoo.synthetic import meta_vision_state_dict  # noqa: E402
+from zoo.testing.synthetic import meta_vision_state_dict  # noqa: E402
 
 GiB = 2**30
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from zoo.convert import ConversionError, convert_checkpoint, download_source, file_sha256, load_source, output_path
-from zoo.convert_text import convert_text_checkpoint, has_text_tower, text_specs, text_weights_file
+from zoo.weights import ConversionError, convert_checkpoint, download_source, file_sha256, load_source, output_path
+from zoo.weights.convert_text import convert_text_checkpoint, has_text_tower, text_specs, text_weights_file
 from zoo.paths import weights_dir
 from zoo.registry import find_entry, load_registry
 from zoo.weights import record

@@ -16,8 +16,8 @@ from typing import Any
 
 import zoo
 from zoo.cards import render_card
-from zoo.convert import ConversionError, file_sha256, read_metadata
-from zoo.convert_text import text_weights_file
+from zoo.weights import ConversionError, file_sha256, read_metadata
+from zoo.weights.convert_text import text_weights_file
 from zoo.paths import weights_dir
 from zoo.registry import Entry, UnknownModelError, get_entry
 from zoo.weights import converter_command

@@ -21,11 +21,11 @@ import zoo
 from converters import cards as cards_cli
 from tests.oracle import timm_model, timm_outputs
 from zoo.cards import IMAGE_PLACEHOLDER, PRINTS, render_card
-from zoo.convert import read_metadata
-from zoo.convert_text import text_weights_file
-from zoo.hub_cache import add_file, use_cache
+from zoo.weights import read_metadata
+from zoo.weights.convert_text import text_weights_file
+from zoo.testing.hub_cache import add_file, use_cache
 from zoo.registry import get_entry
-from zoo.synthetic import meta_clip_state_dict, meta_vision_state_dict
+from zoo.testing.synthetic import meta_clip_state_dict, meta_vision_state_dict
 
 CARDS = Path(__file__).resolve().parent.parent / "model_cards"
 NAMES = zoo.list_pretrained_models()

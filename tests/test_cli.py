@@ -12,7 +12,7 @@ from PIL import Image
 import zoo
 from tests.weights_env import CORE, hub, write_meta_checkpoint  # noqa: F401 (fixture)
 from zoo.__main__ import main
-from zoo.convert import convert_checkpoint
+from zoo.weights import convert_checkpoint
 from zoo.inference import infer_batch
 from zoo.paths import weights_dir
 

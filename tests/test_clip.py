@@ -12,11 +12,11 @@ from timm.models.eva import checkpoint_filter_fn
 
 import zoo
 from zoo.clip import PECLIP, create_clip, load_meta_weights, zero_shot_classifier, zero_shot_classify
-from zoo.convert import ConversionError
-from zoo.convert_text import meta_text_to_zoo
+from zoo.weights import ConversionError
+from zoo.weights.convert_text import meta_text_to_zoo
 from zoo.nets.text import PEText
 from zoo.registry import find_entry
-from zoo.synthetic import meta_clip_state_dict, meta_vision_state_dict
+from zoo.testing.synthetic import meta_clip_state_dict, meta_vision_state_dict
 
 TOL = 1e-5
 OPEN_CLIP_NAMES = {"T16": "PE-Core-T-16-384", "S16": "PE-Core-S-16-384", "B16": "PE-Core-B-16",

@@ -20,12 +20,12 @@ from converters.pe_core import main as convert_core
 from zoo import weights
 from zoo.__main__ import main
 from zoo.clip import load_clip_entry, load_pretrained_clip, zero_shot_classifier, zero_shot_classify
-from zoo.convert import read_metadata
-from zoo.convert_text import meta_text_to_zoo, text_weights_file
-from zoo.hub_cache import add_file, use_cache
+from zoo.weights import read_metadata
+from zoo.weights.convert_text import meta_text_to_zoo, text_weights_file
+from zoo.testing.hub_cache import add_file, use_cache
 from zoo.paths import weights_dir
 from zoo.registry import find_entry
-from zoo.synthetic import meta_clip_state_dict, meta_vision_state_dict
+from zoo.testing.synthetic import meta_clip_state_dict, meta_vision_state_dict
 
 TOL = 1e-5
 T16 = find_entry("core", "T16")
@@ -68,7 +68,8 @@ def open_clip_model(state):
     return ref
 
 
-def test_card_example_through_offline_hub_cache(meta_source, hub, image_file, capsys):
+def test_card_example_through_offline_hub_cache(meta_source, hub, image_file, capsys, caplog):
+    caplog.set_level("INFO", logger="zoo")
     """Meta's card, with only Meta's checkpoint in an offline Hub cache: both files are converted on the spot."""
     src, state = meta_source
     add_file(hub, T16.source.repo, T16.source.file, src)
@@ -90,11 +91,13 @@ def test_card_example_through_offline_hub_cache(meta_source, hub, image_file, ca
     assert text_probs.shape == (1, 3) and (text_probs - want).abs().max() <= TOL
     assert (image_features - r_img).abs().max() <= TOL and (text_features - r_txt).abs().max() <= TOL
     assert sorted(p.name for p in weights_dir().glob("*.safetensors")) == sorted([T16.weights.file, TEXT_FILE])
-    assert "converting Meta's checkpoint" in capsys.readouterr().err
+    assert "converting Meta's checkpoint" in caplog.text  # logged through the "zoo" logger
+    assert capsys.readouterr().out == ""  # a library call prints nothing
+    caplog.clear()
     assert not model.training and not any(p.requires_grad for p in model.parameters())
 
     again = zoo.load_pretrained_clip(T16.name)  # from the weights folder now: nothing converted
-    assert "converting" not in capsys.readouterr().err
+    assert "converting" not in caplog.text
     assert again.logit_scale.dtype == torch.bfloat16 and torch.equal(again.logit_scale.float(), model.logit_scale)
 
 

@@ -17,10 +17,10 @@ from safetensors.torch import load_file, save_file
 
 import zoo
 from tests.oracle import timm_model, timm_outputs, unit_config
-from zoo.convert import ConversionError, convert_checkpoint, download_source, load_source, meta_to_zoo, read_metadata
+from zoo.weights import ConversionError, convert_checkpoint, download_source, load_source, meta_to_zoo, read_metadata
 from zoo.registry import find_entry, get_entry
-from zoo.safetensors_writer import TensorSpec, write_safetensors
-from zoo.synthetic import meta_clip_state_dict, meta_vision_state_dict
+from zoo.weights.writer import TensorSpec, write_safetensors
+from zoo.testing.synthetic import meta_clip_state_dict, meta_vision_state_dict
 
 TOL = 1e-5
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ import zoo
 from tests.oracle import timm_model, timm_outputs
 from tests.weights_env import CORE, SPATIAL, add_meta_source, hub, write_meta_checkpoint  # noqa: F401 (fixture)
 from zoo import weights
-from zoo.convert import convert_checkpoint, file_sha256, meta_to_zoo
-from zoo.hub_cache import add_file
+from zoo.weights import convert_checkpoint, file_sha256, meta_to_zoo
+from zoo.testing.hub_cache import add_file
 from zoo.inference import infer_image
 from zoo.loader import load_entry
 from zoo.paths import weights_dir
@@ -38,7 +38,8 @@ def assert_weights(net, entry, vision):
 
 
 @pytest.mark.parametrize("entry", [CORE, SPATIAL], ids=["core", "spatial"])
-def test_seed_snippet_matches_timm(entry, hub, tmp_path, capsys):
+def test_seed_snippet_matches_timm(entry, hub, tmp_path, capsys, caplog):
+    caplog.set_level("INFO", logger="zoo")
     """The README/seed-card call, with Meta's checkpoint only in the (offline) Hub cache."""
     vision = add_meta_source(hub, entry, tmp_path)
     image_path = tmp_path / "image.jpeg"
@@ -71,10 +72,12 @@ def test_seed_snippet_matches_timm(entry, hub, tmp_path, capsys):
     # converted once into the weights folder ($ZOO_HOME), with its sha256 recorded
     path = weights_dir() / entry.weights.file
     assert model_info.weights == path and weights.sidecar_path(path).is_file()
-    assert "converting Meta's checkpoint" in capsys.readouterr().err
+    assert "converting Meta's checkpoint" in caplog.text  # logged through the "zoo" logger
+    assert capsys.readouterr().out == ""  # a library call prints nothing
+    caplog.clear()
     stamp = os.stat(path)
     zoo.load_pretrained_model(entry.name)
-    assert "converting" not in capsys.readouterr().err
+    assert "converting" not in caplog.text
     assert (os.stat(path).st_ino, os.stat(path).st_mtime_ns) == (stamp.st_ino, stamp.st_mtime_ns)
 
 
@@ -167,7 +170,7 @@ def test_altered_in_place_is_never_loaded(hub, tmp_path):
 def test_hash_only_when_file_changed(hub, tmp_path, monkeypatch):
     path, _ = converted(CORE, tmp_path, weights_dir())
     calls = []
-    monkeypatch.setattr(weights, "file_sha256", lambda p: calls.append(p) or file_sha256(p))
+    monkeypatch.setattr(weights.integrity, "file_sha256", lambda p: calls.append(p) or file_sha256(p))
     zoo.load_pretrained_model(CORE.name)
     assert len(calls) == 1  # new to the zoo: hashed once and recorded
     zoo.load_pretrained_model(CORE.name)

@@ -6,9 +6,9 @@ import torch.nn.functional as F
 
 import zoo
 from tests.oracle import timm_model, unit_config
-from zoo.convert import meta_to_zoo
+from zoo.weights import meta_to_zoo
 from zoo.registry import get_entry
-from zoo.synthetic import meta_vision_state_dict
+from zoo.testing.synthetic import meta_vision_state_dict
 
 # DESIGN.md section 1: vision parameters without the CLIP projection.
 PARAMS = {

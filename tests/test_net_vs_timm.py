@@ -7,9 +7,9 @@ import torch
 
 import zoo
 from tests.oracle import timm_model, timm_outputs, unit_config
-from zoo.convert import meta_to_zoo
+from zoo.weights import meta_to_zoo
 from zoo.registry import get_entry
-from zoo.synthetic import meta_vision_state_dict
+from zoo.testing.synthetic import meta_vision_state_dict
 
 TOL = 1e-5
 SIZES = ["native", "larger", "non-square"]

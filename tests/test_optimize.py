@@ -12,11 +12,11 @@ import zoo
 from tests.oracle import timm_model, timm_outputs
 from tests.weights_env import CORE, hub, write_meta_checkpoint  # noqa: F401 (fixture)
 from zoo.__main__ import main
-from zoo.convert import convert_checkpoint, meta_to_zoo
+from zoo.weights import convert_checkpoint, meta_to_zoo
 from zoo.optimize import OptimizedNet
 from zoo.paths import weights_dir
 from zoo.registry import get_entry
-from zoo.synthetic import meta_vision_state_dict
+from zoo.testing.synthetic import meta_vision_state_dict
 
 TINY = "rope_i_vit_t16_pn_aps_c1_pe-core"
 

@@ -24,12 +24,12 @@ from safetensors import safe_open
 import zoo
 from converters.publish import PublishError, checked_weights, main
 from zoo.cards import render_card
-from zoo.convert import convert_checkpoint
-from zoo.convert_text import convert_text_checkpoint, text_weights_file
-from zoo.hub_cache import add_file, use_cache
+from zoo.weights import convert_checkpoint
+from zoo.weights.convert_text import convert_text_checkpoint, text_weights_file
+from zoo.testing.hub_cache import add_file, use_cache
 from zoo.loader import load_entry
 from zoo.registry import get_entry
-from zoo.synthetic import meta_clip_state_dict
+from zoo.testing.synthetic import meta_clip_state_dict
 
 NAME = "rope_i_vit_t16_pn_aps_c1_pe-core"
 ROOT = Path(__file__).resolve().parent.parent

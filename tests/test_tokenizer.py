@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import zoo
-import zoo.tokenizer
-from zoo.tokenizer import END, PAD, START, Tokenizer, get_tokenizer
+import zoo.clip.tokenizer
+from zoo.clip.tokenizer import END, PAD, START, Tokenizer, get_tokenizer
 
 CORPUS = [
     "a photo of a cat.",
@@ -103,7 +103,7 @@ def test_get_tokenizer_context_lengths():
 
 
 def test_imports_only_the_standard_library_and_torch():
-    tree = ast.parse(Path(zoo.tokenizer.__file__).read_text(encoding="utf-8"))
+    tree = ast.parse(Path(zoo.clip.tokenizer.__file__).read_text(encoding="utf-8"))
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert imported - sys.stdlib_module_names == {"torch", "zoo"}

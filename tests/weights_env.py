@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo.hub_cache import add_file, use_cache
-from zoo.registry import Entry, TextConfig, get_entry
-from zoo.synthetic import meta_clip_state_dict, meta_vision_state_dict
+from zoo.testing.hub_cache import add_file, use_cache
+from zoo.nets.text import TextConfig
+from zoo.registry import Entry, get_entry
+from zoo.testing.synthetic import meta_clip_state_dict, meta_vision_state_dict
 
 CORE = get_entry("rope_i_vit_t16_pn_aps_c1_pe-core")
 SPATIAL = get_entry("rope_i_vit_reg1_t16_pn_npn_avg_c1_pe-spatial")

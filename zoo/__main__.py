@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from zoo import weights
-from zoo.convert import ConversionError
+from zoo.weights import ConversionError
 from zoo.registry import UnknownModelError, get_entry, list_pretrained_models
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -100,7 +100,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     from zoo.clip import load_pretrained_clip, zero_shot_classifier, zero_shot_classify
     from zoo.inference import open_image
-    from zoo.tokenizer import get_tokenizer
+    from zoo.clip.tokenizer import get_tokenizer
     from zoo.transforms import classification_transform
 
     labels = [label.strip() for label in (args.labels or "").split(",") if label.strip()]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from huggingface_hub import ModelCardData
 
-from zoo.convert_text import text_weights_file
+from zoo.weights.convert_text import text_weights_file
 from zoo.models import create_model
 from zoo.registry import Entry, find_entry, get_entry
 from zoo.weights import converter_command

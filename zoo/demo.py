@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 
 from zoo import weights
-from zoo.hub_cache import add_file, use_cache
+from zoo.testing.hub_cache import add_file, use_cache
 from zoo.inference import infer_image
 from zoo.loader import get_size_from_signature, load_pretrained_model
 from zoo.registry import get_entry
-from zoo.synthetic import meta_clip_state_dict
+from zoo.testing.synthetic import meta_clip_state_dict
 from zoo.transforms import classification_transform
 
 DEMO_MODEL = "rope_i_vit_t16_pn_aps_c1_pe-core"

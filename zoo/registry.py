@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from zoo.nets.pe_vit import PEConfig
+from zoo.nets.text import TextConfig
 
 FAMILIES = ("core", "spatial", "lang")
 PAPERS = ("vit", "rope-vit", "perception-encoder", "perceptionlm")
@@ -30,18 +31,6 @@ class Weights:
     file: str  # <name>.safetensors
     sha256: str | None
     hub_repo: str | None  # a published converted repo, when there is one
-
-
-@dataclass(frozen=True)
-class TextConfig:
-    """The text tower of a PE-Core CLIP model (its output width is the vision ``clip_dim``)."""
-
-    width: int
-    depth: int
-    heads: int
-    mlp_dim: int
-    context_length: int
-    vocab_size: int
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ each row (the end-of-text token) -> ``proj`` (no bias) into CLIP space.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +16,17 @@ from torch import nn
 
 from zoo.nets.pe_vit import Linear, Mlp, init_linears_and_norms
 
-if TYPE_CHECKING:
-    from zoo.registry import TextConfig
+
+@dataclass(frozen=True)
+class TextConfig:
+    """The text tower of a PE-Core CLIP model (its output width is the vision ``clip_dim``)."""
+
+    width: int
+    depth: int
+    heads: int
+    mlp_dim: int
+    context_length: int
+    vocab_size: int
 
 
 class CausalAttention(nn.Module):

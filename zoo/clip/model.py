@@ -13,8 +13,9 @@ from torch import nn
 from zoo import paths, weights
 from zoo.nets.pe_vit import PEConfig, PEViT
 from zoo.nets.text import PEText
-from zoo.registry import Entry, TextConfig, get_entry
-from zoo.tokenizer import Tokenizer
+from zoo.nets.text import TextConfig
+from zoo.registry import Entry, get_entry
+from zoo.clip.tokenizer import Tokenizer
 
 Template = str | Callable[[str], str]
 
@@ -138,8 +139,8 @@ def load_meta_weights(model: PECLIP, state_dict: Mapping[str, torch.Tensor]) -> 
 
     A model built on the meta device takes contiguous copies of the converted tensors.
     """
-    from zoo.convert import meta_to_zoo
-    from zoo.convert_text import meta_text_to_zoo
+    from zoo.weights import meta_to_zoo
+    from zoo.weights.convert_text import meta_text_to_zoo
 
     vision = meta_to_zoo(state_dict, model.visual.cfg)
     text = meta_text_to_zoo(state_dict, model.text.cfg, model.visual.cfg.clip_dim)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 
 from zoo.nets.pe_vit import PEConfig
-from zoo.registry import TextConfig
+from zoo.nets.text import TextConfig
 
 Tensor = torch.Tensor
 

@@ -134,7 +134,7 @@ class Tokenizer:
         self.context_length = context_length
         symbols, printable = _byte_symbols()
         self._byte_symbol = symbols
-        with gzip.open(resources.files("zoo").joinpath("bpe_simple_vocab_16e6.txt.gz").open("rb")) as f:
+        with gzip.open(resources.files("zoo.clip").joinpath("bpe_simple_vocab_16e6.txt.gz").open("rb")) as f:
             lines = f.read().decode("utf-8").split("\n")[1 : NUM_MERGES + 1]
         merges = [tuple(line.split()) for line in lines]
         order = [chr(b) for b in printable] + [symbols[b] for b in range(256) if b not in set(printable)]

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from zoo.convert import (
-    ConversionError, ConvertResult, Transform, file_metadata, load_source, map_vision_key, plan_problems, plan_specs, unwrap_state_dict,
-)
-from zoo.nets.text import PEText
-from zoo.registry import Entry, TextConfig
-from zoo.safetensors_writer import TensorSpec, write_safetensors
+from zoo.nets.text import PEText, TextConfig
+from zoo.registry import Entry
+from zoo.weights.convert import ConvertResult, Transform, file_metadata, map_vision_key, plan_problems, plan_specs
+from zoo.weights.errors import ConversionError
+from zoo.weights.source import load_source, unwrap_state_dict
+from zoo.weights.writer import TensorSpec, write_safetensors
 
 Tensor = torch.Tensor
 SKIPPED = ("attn_mask",)

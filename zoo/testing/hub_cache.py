@@ -12,7 +12,7 @@ from pathlib import Path
 
 from huggingface_hub import constants
 
-from zoo.convert import file_sha256
+from zoo.weights.integrity import file_sha256
 
 
 def add_file(cache_dir: str | os.PathLike, repo_id: str, filename: str, src: str | os.PathLike) -> Path:

@@ -23,7 +23,6 @@ The zoo keeps readable names and Meta's fused qkv:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -32,11 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from zoo.nets.pe_vit import PEConfig, PEViT
 from zoo.registry import Entry, load_registry
-from zoo.safetensors_writer import TensorSpec, write_safetensors
+from zoo.weights.errors import ConversionError
+from zoo.weights.integrity import file_sha256
+from zoo.weights.source import load_source, unwrap_state_dict
+from zoo.weights.writer import TensorSpec, write_safetensors
 
 Tensor = torch.Tensor
 Transform = Callable[[Tensor], Tensor]
@@ -71,10 +72,6 @@ _TOP_PREFIX = {
 
 
 CONVERTER_VERSION = 1  # bump when the output of the same source changes
-
-
-class ConversionError(ValueError):
-    """A source checkpoint cannot be had or read, or does not fit the requested architecture."""
 
 
 def _same(t: Tensor) -> Tensor:
@@ -113,23 +110,6 @@ def map_vision_key(key: str, width: int) -> list[tuple[str, Transform]] | None:
         if part in _BLOCK_PARTS and leaf in ("weight", "bias"):
             return [(f"blocks.{i}.{_BLOCK_PARTS[part]}.{leaf}", _same)]
     return None
-
-
-def unwrap_state_dict(obj: object) -> dict[str, Tensor]:
-    """Undo the nestings Meta-style files use: ``state_dict``/``weights`` wrappers and ``module.`` prefixes."""
-    for _ in range(3):
-        inner = next((obj[k] for k in ("state_dict", "weights") if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            break
-        obj = inner
-    if not isinstance(obj, Mapping) or not obj:
-        raise ConversionError("the checkpoint holds no state dict (expected a mapping of parameter names to tensors)")
-    out: dict[str, Tensor] = {}
-    for k, v in obj.items():
-        if not isinstance(v, Tensor):
-            raise ConversionError(f"checkpoint entry {k!r} is a {type(v).__name__}, not a tensor")
-        out[k[len("module."):] if k.startswith("module.") else k] = v
-    return out
 
 
 def split_vision(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
@@ -237,7 +217,6 @@ def meta_to_zoo(state_dict: Mapping[str, Tensor], cfg: PEConfig) -> dict[str, Te
     return {zkey: fn(vision[mkey]) for zkey, mkey, fn in plan_conversion(vision, cfg)}
 
 
-# ---- whole files: read a Meta checkpoint, write the zoo's safetensors ----
 
 @dataclass(frozen=True)
 class ConvertResult:
@@ -247,43 +226,6 @@ class ConvertResult:
     size: int
     sha256: str
     dropped: list[str]
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 hex digest of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def load_source(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Open a Meta checkpoint (``.pt`` or ``.safetensors``) memory-mapped and unwrap its nesting.
-
-    Never executes pickled code (``weights_only=True``); tensors stay backed by the file until used.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"source checkpoint {path} does not exist or is not a file")
-    with open(path, "rb") as f:
-        head = f.read(9)
-    try:
-        if head[:4] != b"PK\x03\x04" and head[8:9] == b"{":  # safetensors: length prefix, then JSON
-            with safe_open(path, framework="pt") as sf:
-                obj: object = {k: sf.get_tensor(k) for k in sf.keys()}
-        else:
-            obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as e:  # torch and safetensors raise many types for a bad file; name the file and the cause
-        if "Weights only load failed" in str(e):
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-            raise ConversionError(
-                f"{path} holds pickled objects other than tensors ({found.group(1) if found else 'see torch.load'}), "
-                "which are refused: no code is executed when loading; use Meta's original checkpoint"
-            ) from None
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:300]
-        raise ConversionError(f"cannot read {path}: the file is truncated, corrupt or not a PyTorch/safetensors checkpoint ({cause}); download it again") from None
-    return unwrap_state_dict(obj)
 
 
 def guess_entry(vision: Mapping[str, Tensor]) -> Entry | None:
@@ -372,38 +314,3 @@ def convert_checkpoint(
     out.parent.mkdir(parents=True, exist_ok=True)
     size, sha = write_safetensors(out, specs, metadata)
     return ConvertResult(path=out, size=size, sha256=sha, dropped=dropped)
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The ``__metadata__`` of a zoo safetensors file (empty if it has none)."""
-    try:
-        with safe_open(Path(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as e:  # safetensors' own error type, or OSError
-        raise ConversionError(f"cannot read the metadata of {path}: not a readable safetensors file ({e})") from None
-
-
-def download_source(entry: Entry, progress: bool = True) -> Path:
-    """Fetch an entry's Meta checkpoint with ``huggingface_hub`` (cached, resumable) and return its local path.
-
-    Honours ``HF_HOME``/``HF_HUB_CACHE``, ``HF_HUB_OFFLINE`` and ``HF_TOKEN``.
-    """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError
-    from huggingface_hub.utils import tqdm as hub_tqdm
-
-    class _Silent(hub_tqdm):
-        def __init__(self, *args, **kwargs):
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
-
-    repo, file = entry.source.repo, entry.source.file
-    try:
-        return Path(hf_hub_download(repo_id=repo, filename=file, tqdm_class=None if progress else _Silent))
-    except GatedRepoError as e:
-        raise ConversionError(f"{repo} is gated: accept its terms on huggingface.co and set HF_TOKEN ({e})") from None
-    except (OSError, EntryNotFoundError) as e:
-        raise ConversionError(
-            f"cannot get {file} of {repo} from the Hugging Face Hub ({type(e).__name__}: {e}). If you are offline "
-            f"(HF_HUB_OFFLINE=1) it is not in the cache yet; connect and retry, or pass --checkpoint PATH to a local copy"
-        ) from None

@@ -1,0 +1,2 @@
+"""Scaffolding for tests, the demo and benchmarks: Meta-layout checkpoints with seeded random weights, and an
+offline Hugging Face Hub cache to put them in. The library proper never imports it."""

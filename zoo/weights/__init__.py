@@ -1,0 +1,27 @@
+"""The weights pipeline: Meta's checkpoints in, verified zoo safetensors out, found again on every load.
+
+- ``source``: fetch (``hub``) and open Meta's checkpoints, memory-mapped, no code executed
+- ``convert`` / ``convert_text``: the strict key mapping and streaming conversion of the vision and text towers
+- ``writer``: the atomic, streaming safetensors writer
+- ``integrity``: sha256 records and metadata checks
+- ``resolver``: where an entry's weights come from, in order, verified before use
+"""
+
+from zoo.weights.convert import (
+    CONVERTER_VERSION, ConvertResult, convert_checkpoint, file_metadata, guess_entry, map_vision_key, meta_to_zoo,
+    output_path, plan_conversion, split_vision,
+)
+from zoo.weights.convert_text import convert_text_checkpoint, meta_text_to_zoo, text_weights_file
+from zoo.weights.errors import ConversionError, WeightsIntegrityError, WeightsNotFoundError
+from zoo.weights.integrity import check, check_metadata, file_sha256, read_metadata, record, sidecar_path, verify
+from zoo.weights.resolver import Location, converter_command, locate, read_tensors, resolve
+from zoo.weights.source import download_source, load_source, unwrap_state_dict
+from zoo.weights.writer import TensorSpec, write_safetensors
+
+__all__ = [
+    "CONVERTER_VERSION", "ConversionError", "ConvertResult", "Location", "TensorSpec", "WeightsIntegrityError",
+    "WeightsNotFoundError", "check", "check_metadata", "convert_checkpoint", "convert_text_checkpoint", "converter_command",
+    "download_source", "file_metadata", "file_sha256", "guess_entry", "load_source", "locate", "map_vision_key",
+    "meta_text_to_zoo", "meta_to_zoo", "output_path", "plan_conversion", "read_metadata", "read_tensors", "record",
+    "resolve", "sidecar_path", "split_vision", "text_weights_file", "unwrap_state_dict", "verify", "write_safetensors",
+]

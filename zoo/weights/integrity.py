@@ -1,0 +1,142 @@
+"""Is a weights file the right one? sha256 (with a sidecar record so unchanged files are not re-hashed)
+and the zoo metadata every converted file carries."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from safetensors import safe_open
+
+from zoo.nets.pe_vit import PEConfig
+from zoo.registry import Entry
+from zoo.weights.errors import ConversionError, WeightsIntegrityError
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``__metadata__`` of a zoo safetensors file (empty if it has none)."""
+    try:
+        with safe_open(Path(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # safetensors' own error type, or OSError
+        raise ConversionError(f"cannot read the metadata of {path}: not a readable safetensors file ({e})") from None
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """Where the zoo records a file's sha256 (beside the real file, symlinks resolved)."""
+    real = Path(os.path.realpath(path))
+    return real.with_name(real.name + ".sha256.json")
+
+
+def _stamp(st: os.stat_result) -> dict[str, int]:
+    # ctime changes on every write and cannot be set back with os.utime: an in-place edit is always seen
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def record(path: str | os.PathLike, sha256: str) -> None:
+    """Record ``sha256`` for ``path`` in its sidecar, with the file's current size/mtime/ctime/inode."""
+    data = {"sha256": sha256, **_stamp(os.stat(path)), "verified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    _write_atomic(sidecar_path(path), json.dumps(data, indent=1) + "\n")
+
+
+def _read_record(path: str | os.PathLike) -> dict | None:
+    try:
+        data = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) and isinstance(data.get("sha256"), str) else None
+    except (OSError, ValueError):
+        return None
+
+
+def verify(path: str | os.PathLike, expected: str | None, rebuild: str) -> str:
+    """Check ``path`` against ``expected`` (the registry's sha256) or its recorded sha256; return the hash.
+
+    The full hash runs only when the file is new to the zoo or its size/mtime/ctime/inode changed.
+    A mismatch raises ``WeightsIntegrityError`` naming both hashes and the ``rebuild`` command.
+    """
+    rec = _read_record(path)
+    if rec is not None and {k: rec.get(k) for k in ("size", "mtime_ns", "ctime_ns", "inode")} == _stamp(os.stat(path)):
+        sha = rec["sha256"]
+    else:
+        sha = file_sha256(path)
+        known = expected or (rec or {}).get("sha256")
+        if known is None or sha == known:
+            try:
+                record(path, sha)
+            except OSError:  # a read-only folder: no record, so the file is hashed on every load
+                pass
+    if expected is not None and sha != expected:
+        raise WeightsIntegrityError(
+            f"{path} has sha256 {sha} but registry.yaml expects {expected}: the file is corrupted or was "
+            f"replaced, so it is not loaded. Rebuild it: {rebuild} --force"
+        )
+    if expected is None and rec is not None and sha != rec["sha256"]:
+        raise WeightsIntegrityError(
+            f"{path} has sha256 {sha} but the zoo recorded {rec['sha256']} when it wrote or first verified it "
+            f"({sidecar_path(path)}): the file was changed, so it is not loaded. Rebuild it with `{rebuild} --force` "
+            f"(or put back the right file), then delete {sidecar_path(path)} so that the zoo records the new file"
+        )
+    return sha
+
+
+def check_metadata(path: str | os.PathLike, entry: Entry, rebuild: str) -> dict[str, str]:
+    """The file's zoo metadata, which must name ``entry`` and its exact architecture config."""
+    try:
+        meta = read_metadata(path)
+    except ConversionError as e:
+        raise WeightsIntegrityError(f"{e}. Only zoo safetensors files are loaded; rebuild it: {rebuild} --force") from None
+    problem = None
+    if meta.get("format") != "pe-zoo":
+        problem = f"it is not a pe-zoo weights file (metadata format {meta.get('format')!r})"
+    elif meta.get("name") != entry.name:
+        problem = f"its metadata names the checkpoint {meta.get('name')!r}, not {entry.name!r}"
+    else:
+        try:
+            cfg = PEConfig.from_dict(json.loads(meta.get("config", "")))
+        except (ValueError, TypeError) as e:
+            problem = f"its metadata config is unreadable ({e})"
+        else:
+            if cfg != entry.config:
+                diff = {k: (v, entry.config.to_dict()[k]) for k, v in cfg.to_dict().items() if entry.config.to_dict()[k] != v}
+                problem = f"its metadata config differs from the registry's (file, registry): {diff}"
+    if problem:
+        raise WeightsIntegrityError(f"{path} cannot be loaded as {entry.name}: {problem}. Rebuild it: {rebuild} --force")
+    return meta
+
+
+def check(path: str | os.PathLike, entry: Entry, rebuild: str, text: bool = False) -> None:
+    """Verify a weights file for ``entry``: its sha256 (``verify``) and its metadata (``check_metadata``).
+
+    ``text=True``: the entry's CLIP text file, whose metadata must also carry the registry's text config.
+    """
+    verify(path, None if text else entry.weights.sha256, rebuild)
+    meta = check_metadata(path, entry, rebuild)
+    if text and entry.text is not None and json.loads(meta.get("text_config", "null")) != dataclasses.asdict(entry.text):
+        raise WeightsIntegrityError(
+            f"{path} cannot be loaded as the text tower of {entry.name}: its metadata text_config "
+            f"{meta.get('text_config')} is not the registry's {dataclasses.asdict(entry.text)}. Rebuild it: {rebuild} --force"
+        )
