@@ -1,0 +1,54 @@
+"""Command line: ``python -m zoo`` (or ``pe-zoo``) with one sub-command per job.
+
+Each module listed in ``COMMANDS`` adds its sub-commands through ``register(sub)``. The CLI decides what
+the library's ``zoo`` logger shows (info by default, warnings only with ``--quiet``) and turns the
+errors a user can fix into one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from zoo.registry import RegistryError, UnknownModelError
+from zoo.version import __version__
+from zoo.weights import ConversionError, WeightsIntegrityError, WeightsNotFoundError
+
+COMMANDS = ("zoo.cli.basic",)
+USER_ERRORS = (UnknownModelError, RegistryError, WeightsNotFoundError, WeightsIntegrityError, ConversionError, ValueError, OSError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m zoo", description="pe-zoo: Meta's Perception Encoder models")
+    parser.add_argument("--version", action="version", version=f"pe-zoo {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="show only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in COMMANDS:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def _configure_logging(quiet: bool) -> None:
+    log = logging.getLogger("zoo")
+    if not any(getattr(h, "_zoo_cli", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("pe-zoo: %(message)s"))
+        handler._zoo_cli = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (0, or 1 with a one-line error on stderr)."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.quiet)
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 1
+
+
+__all__ = ["build_parser", "main"]

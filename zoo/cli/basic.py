@@ -1,0 +1,165 @@
+"""The first commands: list, info, embed, features, classify, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zoo import weights
+from zoo.cli.common import DTYPES, add_device, add_weights_dir, load_net
+from zoo.registry import get_entry, list_pretrained_models
+
+OPTIMIZE_MIN_IMAGES = 32  # embed: from this many images on, zoo.optimize repays a compile (where it compiles)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for name in list_pretrained_models(args.pattern):
+        e = get_entry(name)
+        print(f"{name:48s} {e.source.repo:28s} {e.config.image_size}px  width {e.config.width}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from zoo.models import create_model
+
+    e = get_entry(args.name)
+    net = create_model(e.name, device="meta")
+    c = e.config
+    print(f"{e.name}: {e.description}")
+    print(f"family {e.family}, variant {e.variant}, license {e.license}")
+    print(f"config {json.dumps(c.to_dict())}")
+    proj = f" + {c.width * c.clip_dim:,} (CLIP projection)" if c.clip_dim else ""
+    print(f"parameters {net.backbone_parameters():,} (vision tower){proj}")
+    print(f"input size {c.image_size}x{c.image_size} (patch {c.patch_size}, grid {c.grid}x{c.grid}; any multiple of {c.patch_size} works)")
+    print(f"rgb_stats mean {e.rgb_stats['mean']} std {e.rgb_stats['std']}")
+    print(f"source {e.source.repo}/{e.source.file}")
+    print(f"weights {e.weights.file} (sha256 {e.weights.sha256 or 'recorded on first use'}); looked for in order:")
+    for loc in weights.locate(e, args.weights_dir):
+        print(f"  {loc.what:20s} {loc.where}: {loc.status()}")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from zoo.inference import infer_batch
+    from zoo.loader import get_size_from_signature
+    from zoo.transforms import classification_transform
+
+    net, info = load_net(args)
+    transform = classification_transform(get_size_from_signature(info.signature), info.rgb_stats)
+    use_optimize = args.optimize if args.optimize is not None else len(args.images) >= OPTIMIZE_MIN_IMAGES
+    if use_optimize:
+        from zoo.inference import open_image
+        from zoo.optimize import optimize
+
+        fast = optimize(net, method="embedding")
+        embeddings = np.concatenate(
+            [fast(transform(open_image(image)).unsqueeze(0)).float().numpy() for image in args.images]
+        )
+    else:
+        embeddings = np.concatenate([infer_batch(net, [image], transform) for image in args.images])
+    for image, emb in zip(args.images, embeddings):
+        print(f"{image}: embedding ({emb.shape[0]},) norm {np.linalg.norm(emb):.4f} first {np.array2string(emb[:4], precision=4)}")
+    if args.out:
+        np.save(args.out, embeddings)
+        print(f"saved {embeddings.shape} {embeddings.dtype} embeddings to {args.out}")
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from zoo.inference import open_image
+    from zoo.loader import get_size_from_signature
+    from zoo.transforms import classification_transform
+
+    net, info = load_net(args)
+    transform = classification_transform(get_size_from_signature(info.signature), info.rgb_stats)
+    x = transform(open_image(args.image)).unsqueeze(0).to(args.device or "cpu")
+    with torch.inference_mode():
+        features = net.detection_features(x, layers=args.layers)
+    for key, value in features.items():
+        print(f"{key}: {tuple(value.shape)}")
+    if args.out:
+        np.savez(args.out, **{k: v.float().cpu().numpy() for k, v in features.items()})
+        print(f"saved {', '.join(features)} to {args.out}")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from zoo.clip import load_pretrained_clip, zero_shot_classifier, zero_shot_classify
+    from zoo.clip.tokenizer import get_tokenizer
+    from zoo.inference import open_image
+    from zoo.transforms import classification_transform
+
+    labels = [label.strip() for label in (args.labels or "").split(",") if label.strip()]
+    if not labels:
+        raise ValueError('no labels: pass the class names to rank, comma-separated, e.g. --labels "a cat,a dog,a diagram"')
+    entry = get_entry(args.name)
+    model = load_pretrained_clip(
+        args.name, inference=True, dtype=DTYPES[args.dtype], device=args.device, weights_dir=args.weights_dir
+    )
+    transform = classification_transform(entry.size, entry.rgb_stats)
+    images = torch.stack([transform(open_image(path)) for path in args.images]).to(args.device or "cpu", DTYPES[args.dtype])
+    classifier = zero_shot_classifier(model, get_tokenizer(args.name), labels, templates=args.template or ["{}"])
+    probs = zero_shot_classify(model, images, classifier).float()
+    width = max(len(label) for label in labels)
+    for path, p in zip(args.images, probs):
+        print(path)
+        for rank, i in enumerate(p.argsort(descending=True).tolist(), 1):
+            print(f"  {rank:>2}  {labels[i]:<{width}}  {100 * p[i].item():6.2f}%")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from zoo.demo import run_demo
+
+    run_demo()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this module's commands to the ``python -m zoo`` parser."""
+    p = sub.add_parser("list", help="list the checkpoints the zoo serves")
+    p.add_argument("pattern", nargs="?", help="fnmatch filter, e.g. '*pe-core'")
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("info", help="config, parameters, input size and where the weights are")
+    p.add_argument("name", help="a registry name (see `list`)")
+    add_weights_dir(p)
+    p.set_defaults(func=cmd_info)
+    for cmd, helptext, func in (
+        ("embed", "pooled embeddings of images (one row per image)", cmd_embed),
+        ("features", "dense detection feature maps of one image", cmd_features),
+    ):
+        p = sub.add_parser(cmd, help=helptext, description=helptext)
+        p.add_argument("name", help="a registry name (see `list`)")
+        if cmd == "embed":
+            p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+            p.add_argument("--out", type=Path, metavar="FILE.npy", help="save the embeddings [N, W] as .npy")
+            p.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=None,
+                           help=f"run through zoo.optimize (default: on from {OPTIMIZE_MIN_IMAGES} images, "
+                                "where it repays any compile time)")
+        else:
+            p.add_argument("image", metavar="IMAGE", help="an image file")
+            p.add_argument("--layers", type=int, nargs="+", metavar="I",
+                           help="block indices to tap (negatives count from the end); default: the final 'neck' map")
+            p.add_argument("--out", type=Path, metavar="FILE.npz", help="save the feature maps as .npz")
+        p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="compute dtype (default float32)")
+        p.add_argument("--size", type=int, help="input size in pixels (default: the native size)")
+        add_weights_dir(p)
+        add_device(p)
+        p.set_defaults(func=func)
+    p = sub.add_parser("classify", help="zero-shot classification of images over your labels (PE-Core CLIP models)",
+                       description="Rank the labels for each image by CLIP probability (PE-Core models only).")
+    p.add_argument("name", help="a PE-Core registry name (see `list '*pe-core'`)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--labels", help='comma-separated class names, e.g. "a cat,a dog,a diagram"')
+    p.add_argument("--template", action="append", metavar="TEXT",
+                   help="a prompt with {} for the label, e.g. 'a photo of {}.' (repeat to average several; default: the label as is)")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="compute dtype (default float32)")
+    add_weights_dir(p)
+    add_device(p)
+    p.set_defaults(func=cmd_classify)
+    p = sub.add_parser("demo", help="the whole pipeline offline, with RANDOM weights (no Hub access needed)")
+    p.set_defaults(func=cmd_demo)
