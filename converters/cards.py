@@ -64,5 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+__all__ = ["CARDS_DIR", "COMMAND", "main", "stale_cards", "write_cards"]
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -92,3 +92,6 @@ def run(family: str, argv: list[str] | None = None) -> int:
         print(f"size {result.size} bytes ({result.size / 2**20:.1f} MiB)")
         print(f"sha256 {result.sha256}{note}")
     return 0
+
+
+__all__ = ["DTYPES", "build_parser", "run", "summarize_keys"]

@@ -11,5 +11,8 @@ def main(argv: list[str] | None = None) -> int:
     return run("core", argv)
 
 
+__all__ = ["main"]
+
+
 if __name__ == "__main__":
     sys.exit(main())

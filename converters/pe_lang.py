@@ -11,5 +11,8 @@ def main(argv: list[str] | None = None) -> int:
     return run("lang", argv)
 
 
+__all__ = ["main"]
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -247,3 +247,9 @@ def render_card(entry: Entry | str) -> str:
         "```bibtex\n" + "\n\n".join(PAPERS[p][2] for p in entry.papers) + "\n```",
     ]
     return "\n\n".join(parts) + "\n"
+
+
+__all__ = [
+    "FAMILY_TITLE", "IMAGE_PLACEHOLDER", "PAPERS", "PRINTS", "SIZE_TITLE", "card_metadata", "render_card",
+    "stated_shapes",
+]

@@ -6,6 +6,7 @@ code paths run offline: resolve -> convert -> verify -> load -> embed an image -
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,8 +36,8 @@ def demo_image(size: tuple[int, int] = (300, 400)) -> Image.Image:
     return Image.fromarray((255 * np.clip(rgb, 0, 1)).astype(np.uint8))
 
 
-def run_demo(say: Callable[[str], None] = print) -> None:
-    """Run the offline pipeline demo, reporting each step through ``say``."""
+def run_demo(say: Callable[[str], None] = logging.getLogger("zoo").info) -> None:
+    """Run the offline pipeline demo, reporting each step through ``say`` (the CLI passes ``print``)."""
     entry = get_entry(DEMO_MODEL)
     say(f"pe-zoo demo: {entry.name} (Meta's {entry.source.repo}), offline, with RANDOM weights.")
     with tempfile.TemporaryDirectory(prefix="pe-zoo-demo-") as tmp:
@@ -72,3 +73,6 @@ def run_demo(say: Callable[[str], None] = print) -> None:
         say(f"6. detection features: {[(k, tuple(v.shape)) for k, v in features.items()]}")
     say("The weights were RANDOM: the numbers above show that the pipeline works, not what PE sees.")
     say(f'With Hub access, the real weights: zoo.load_pretrained_model("{entry.name}", inference=True)')
+
+
+__all__ = ["DEMO_MODEL", "demo_image", "run_demo"]

@@ -66,3 +66,6 @@ def infer_image(
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Run one image (path or PIL image): ``out`` [1, C] or ``(out, embedding [1, W])`` (see ``infer_batch``)."""
     return infer_batch(net, [image], transform, return_embedding=return_embedding, device=device)
+
+
+__all__ = ["infer_batch", "infer_image", "open_image"]

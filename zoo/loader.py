@@ -15,6 +15,9 @@ from zoo.nets.pe_vit import PEViT
 from zoo.optimize import OptimizedNet
 from zoo.optimize import optimize as zoo_optimize
 from zoo.registry import Entry, get_entry
+from zoo.transforms import pretrained_cfg
+
+HUB_PREFIX = "hf-hub:"  # load_pretrained_model("hf-hub:ORG/REPO"), as timm and open_clip spell it
 
 
 @dataclass(frozen=True)
@@ -62,27 +65,50 @@ def load_entry(
     """``load_pretrained_model`` for a registry ``Entry`` (see there)."""
     size = _input_size(entry, new_size)
     path = weights.resolve(entry, weights_dir, progress=progress_bar)
+    fix = f"rebuild it: {weights.converter_command(entry, paths.weights_dir(weights_dir))} --force"
+    return build_from_file(entry, path, size, fix=fix, inference=inference, device=device, dtype=dtype)
+
+
+def build_from_file(
+    entry: Entry,
+    path: Path,
+    size: tuple[int, int],
+    *,
+    fix: str,
+    num_classes: int = 0,
+    class_to_idx: dict[str, int] | None = None,
+    inference: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[PEViT, ModelInfo]:
+    """The net of ``entry`` (with a ``num_classes`` head) holding the tensors of the verified file ``path``.
+
+    Built on the meta device, the file memory-mapped in; ``fix`` says how to get a right file."""
     with torch.device("meta"):  # no random init, no memory: the file's tensors are assigned below
         net = PEViT(entry.config)
+        if num_classes:
+            net.reset_classifier(num_classes)
     try:
         net.load_state_dict(weights.read_tensors(path), strict=True, assign=True)
     except RuntimeError as e:
         raise weights.WeightsIntegrityError(
-            f"{path} does not hold the tensors of {entry.name} ({e}); rebuild it: "
-            f"{weights.converter_command(entry, paths.weights_dir(weights_dir))} --force"
+            f"{path} does not hold the tensors of {entry.name} ({e}); {fix}"
         ) from None
     if device is not None or dtype is not None:
         net = net.to(device=device, dtype=dtype)
     if inference:
         net.eval().requires_grad_(False)
+    net.pretrained_cfg = pretrained_cfg(size, entry.rgb_stats, net.num_classes)  # timm reads its data config here
     signature = copy.deepcopy(entry.signature)
     signature["inputs"][0]["data_shape"] = [0, 3, size[0], size[1]]
+    if num_classes:
+        signature["outputs"][0]["data_shape"] = [0, num_classes]
     info = ModelInfo(
         name=entry.name,
         family=entry.family,
         signature=signature,
         rgb_stats=copy.deepcopy(entry.rgb_stats),
-        class_to_idx={},
+        class_to_idx=dict(class_to_idx or {}),
         size=size,
         native_size=entry.size,
         embedding_size=entry.config.width,
@@ -111,9 +137,26 @@ def load_pretrained_model(
     size (int or (h, w)), reflected in the returned signature. ``dtype``/``device``: converted after loading.
     ``optimize=True``: the net comes wrapped by ``zoo.optimize`` (the fastest ``net(x)`` for its device
     and dtype, in eval mode without gradients; the net itself is at ``.net``).
+    ``name="hf-hub:ORG/REPO"``: a repo written by ``zoo.push_to_hub`` or ``python -m converters.publish``
+    (its ``config.json`` and weights, verified by sha256 and metadata); ``weights_dir`` does not apply.
     """
-    net, info = load_entry(
-        get_entry(name), inference=inference, device=device, dtype=dtype,
-        new_size=new_size, weights_dir=weights_dir, progress_bar=progress_bar,
-    )
-    return (zoo_optimize(net) if optimize else net), info
+    if name.startswith(HUB_PREFIX):
+        from zoo.hub import load_from_hub
+
+        net, info = load_from_hub(
+            name[len(HUB_PREFIX):], inference=inference, device=device, dtype=dtype, new_size=new_size,
+            progress_bar=progress_bar,
+        )
+    else:
+        net, info = load_entry(
+            get_entry(name), inference=inference, device=device, dtype=dtype,
+            new_size=new_size, weights_dir=weights_dir, progress_bar=progress_bar,
+        )
+    if not optimize:
+        return net, info
+    fast = zoo_optimize(net)
+    fast.pretrained_cfg = net.pretrained_cfg  # type: ignore[attr-defined]
+    return fast, info
+
+
+__all__ = ["HUB_PREFIX", "ModelInfo", "build_from_file", "get_size_from_signature", "load_entry", "load_pretrained_model"]

@@ -6,6 +6,7 @@ import torch
 
 from zoo.nets.pe_vit import PEViT
 from zoo.registry import get_entry
+from zoo.transforms import pretrained_cfg
 
 
 def create_model(
@@ -15,10 +16,16 @@ def create_model(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> PEViT:
-    """A net of a registry entry with random weights; ``device="meta"`` builds it without memory."""
-    cfg = get_entry(name).config
+    """A net of a registry entry with random weights; ``device="meta"`` builds it without memory.
+
+    ``net.pretrained_cfg`` is its timm-style data config (``zoo.transforms.pretrained_cfg``)."""
+    entry = get_entry(name)
     with torch.device(device or "cpu"):
-        net = PEViT(cfg)
+        net = PEViT(entry.config)
         if num_classes:
             net.reset_classifier(num_classes)
+    net.pretrained_cfg = pretrained_cfg(entry.size, entry.rgb_stats, net.num_classes)
     return net.to(dtype) if dtype is not None else net
+
+
+__all__ = ["create_model"]

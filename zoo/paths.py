@@ -15,3 +15,6 @@ def weights_dir(override: str | os.PathLike[str] | None = None) -> Path:
         return Path(os.environ["ZOO_HOME"]).expanduser() / "weights"
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache).expanduser() / "pe-zoo" / "weights"
+
+
+__all__ = ["weights_dir"]

@@ -239,3 +239,9 @@ def find_entry(family: str, variant: str) -> Entry:
 def get_model_config(name: str) -> PEConfig:
     """The architecture config of a registry entry."""
     return get_entry(name).config
+
+
+__all__ = [
+    "FAMILIES", "PAPERS", "Entry", "RegistryError", "Source", "UnknownModelError", "Weights", "find_entry",
+    "get_entry", "get_model_config", "list_pretrained_models", "load_registry", "parse_registry", "registry_path",
+]

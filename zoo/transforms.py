@@ -32,3 +32,25 @@ def classification_transform(
         outer = (round(h / center_crop), round(w / center_crop))
         resize = [T.Resize(outer, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop((h, w))]
     return T.Compose([to_rgb, *resize, T.ToTensor(), T.Normalize(rgb_stats["mean"], rgb_stats["std"])])
+
+
+def pretrained_cfg(size: int | tuple[int, int], rgb_stats: dict[str, list[float]], num_classes: int = 0) -> dict[str, object]:
+    """``classification_transform(size, rgb_stats)`` as timm's ``pretrained_cfg``.
+
+    Set on every net the zoo builds (``net.pretrained_cfg``), so ``timm.data.resolve_data_config({}, model=net)``
+    and ``timm.data.create_transform(**config)`` give the zoo's preprocessing (for RGB images): a squash
+    resize of the whole image, bilinear, no crop, the checkpoint's mean and std.
+    """
+    h, w = (size, size) if isinstance(size, int) else size
+    return {
+        "input_size": (3, int(h), int(w)),
+        "interpolation": "bilinear",
+        "crop_mode": "squash",
+        "crop_pct": 1.0,
+        "mean": tuple(rgb_stats["mean"]),
+        "std": tuple(rgb_stats["std"]),
+        "num_classes": int(num_classes),
+    }
+
+
+__all__ = ["classification_transform", "pretrained_cfg", "to_rgb"]

@@ -115,7 +115,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from zoo.demo import run_demo
 
-    run_demo()
+    run_demo(print)
     return 0
 
 
@@ -163,3 +163,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_classify)
     p = sub.add_parser("demo", help="the whole pipeline offline, with RANDOM weights (no Hub access needed)")
     p.set_defaults(func=cmd_demo)
+
+
+__all__ = ["register"]

@@ -28,3 +28,6 @@ def load_net(args: argparse.Namespace):
         args.name, inference=True, dtype=DTYPES[args.dtype], device=args.device,
         new_size=getattr(args, "size", None), weights_dir=args.weights_dir,
     )
+
+
+__all__ = ["DTYPES", "WEIGHTS_DIR_HELP", "add_device", "add_weights_dir", "load_net"]

@@ -59,3 +59,6 @@ def use_cache(cache_dir: str | os.PathLike, offline: bool = True) -> Iterator[Pa
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+__all__ = ["add_file", "use_cache"]

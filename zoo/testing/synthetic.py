@@ -114,3 +114,6 @@ def meta_clip_state_dict(
     gen = torch.Generator().manual_seed(seed + 1)
     sd.update({k: _random(s, kind, gen).to(dtype) for k, s, kind in text_shapes(text, cfg.clip_dim)})
     return sd
+
+
+__all__ = ["meta_clip_state_dict", "meta_vision_state_dict", "text_shapes", "vision_shapes"]

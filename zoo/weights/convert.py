@@ -314,3 +314,10 @@ def convert_checkpoint(
     out.parent.mkdir(parents=True, exist_ok=True)
     size, sha = write_safetensors(out, specs, metadata)
     return ConvertResult(path=out, size=size, sha256=sha, dropped=dropped)
+
+
+__all__ = [
+    "CONVERTER_VERSION", "TEXT_KEY", "ConvertResult", "convert_checkpoint", "describe_config", "describe_source",
+    "expected_shapes", "file_metadata", "guess_entry", "map_vision_key", "meta_to_zoo", "output_path",
+    "plan_conversion", "plan_problems", "plan_specs", "split_vision",
+]

@@ -16,3 +16,6 @@ class WeightsNotFoundError(FileNotFoundError):
 
 class WeightsIntegrityError(ValueError):
     """A weights file failed verification (hash, metadata or tensors): it is never loaded."""
+
+
+__all__ = ["ConversionError", "WeightsIntegrityError", "WeightsNotFoundError"]

@@ -25,3 +25,6 @@ def hub_download(repo_id: str, filename: str, *, progress: bool = True, **kwargs
         tqdm_class=None if progress else QuietProgress, **kwargs,
     )
     return Path(path)
+
+
+__all__ = ["QuietProgress", "hub_download"]

@@ -140,3 +140,6 @@ def check(path: str | os.PathLike, entry: Entry, rebuild: str, text: bool = Fals
             f"{path} cannot be loaded as the text tower of {entry.name}: its metadata text_config "
             f"{meta.get('text_config')} is not the registry's {dataclasses.asdict(entry.text)}. Rebuild it: {rebuild} --force"
         )
+
+
+__all__ = ["check", "check_metadata", "file_sha256", "read_metadata", "record", "sidecar_path", "verify"]

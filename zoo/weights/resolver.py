@@ -103,7 +103,6 @@ def resolve(entry: Entry, weights_dir: str | os.PathLike | None = None, progress
             if not isinstance(source, str):
                 raise
             warnings.warn(f"{e}\nRebuilding it now from Meta's checkpoint in the Hub cache.", stacklevel=3)
-            log.warning(f"{local} failed verification; rebuilding it from {source}")
             local = _convert(entry, Path(source), folder, force=True, text=text)
             check(local, entry, rebuild, text)
         return local
@@ -128,3 +127,6 @@ def resolve(entry: Entry, weights_dir: str | os.PathLike | None = None, progress
     path = _convert(entry, source, folder, text=text)
     check(path, entry, rebuild, text)
     return path
+
+
+__all__ = ["Location", "converter_command", "locate", "read_tensors", "resolve"]

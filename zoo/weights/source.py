@@ -77,3 +77,6 @@ def download_source(entry: Entry, progress: bool = True) -> Path:
             f"cannot get {file} of {repo} from the Hugging Face Hub ({type(e).__name__}: {e}). If you are offline "
             f"(HF_HUB_OFFLINE=1) it is not in the cache yet; connect and retry, or pass --checkpoint PATH to a local copy"
         ) from None
+
+
+__all__ = ["download_source", "load_source", "unwrap_state_dict"]

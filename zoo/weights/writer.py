@@ -89,3 +89,6 @@ def write_safetensors(path: str | os.PathLike, specs: Sequence[TensorSpec], meta
         Path(tmp).unlink(missing_ok=True)
         raise
     return len(header) + sum(s.nbytes for s in specs), digest.hexdigest()
+
+
+__all__ = ["DTYPE_CODES", "TensorSpec", "build_header", "write_safetensors"]
