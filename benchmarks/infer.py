@@ -13,11 +13,17 @@ shape with the faster kernel (``F.linear`` or a oneDNN-packed linear on CPU), ti
 interleaved rounds (zoo, timm, floor, zoo, ...) so load from other processes hits all three alike;
 "floor share" is floor time / zoo time. Defaults: PE-Core L14 at its native 336 px; float16 is
 added on CUDA.
+
+Spread: each figure is given as min/median/max over the ``--reps`` rounds. zoo / timm is taken per
+round (the two calls of one round see the same load), and the verdict calls a difference real only
+when every round agrees: "zoo faster" when the zoo won every round, "timm faster" when timm did,
+"noise" otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -49,8 +55,8 @@ def timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
     return run
 
 
-def interleaved(fns: list[Callable[[], object]], reps: int, warmup: int, device: torch.device) -> list[float]:
-    """Median seconds of each function, calls alternating A B A B ... after ``warmup`` rounds."""
+def interleaved(fns: list[Callable[[], object]], reps: int, warmup: int, device: torch.device) -> list[list[float]]:
+    """Seconds of each call of each function per round, calls alternating A B A B ... after ``warmup`` rounds."""
     clock = timer(device)
     with torch.inference_mode():
         for _ in range(warmup):
@@ -60,7 +66,21 @@ def interleaved(fns: list[Callable[[], object]], reps: int, warmup: int, device:
         for _ in range(reps):
             for t, fn in zip(times, fns):
                 t.append(clock(fn))
-    return [statistics.median(t) for t in times]
+    return times
+
+
+def spread(values: list[float], fmt: str = "{:.3f}") -> str:
+    """min/median/max of ``values``."""
+    return "/".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+
+
+def verdict(ratios: list[float]) -> str:
+    """Whether zoo / timm speed ratios taken per round show a real difference (every round agrees)."""
+    if min(ratios) > 1:
+        return "zoo faster"
+    if max(ratios) < 1:
+        return "timm faster"
+    return "noise"
 
 
 def floor_fn(cfg: zoo.PEConfig, batch: int, n: int, dtype: torch.dtype, device: torch.device) -> Callable[[], None]:
@@ -77,7 +97,7 @@ def floor_fn(cfg: zoo.PEConfig, batch: int, n: int, dtype: torch.dtype, device: 
         if device.type == "cpu" and torch.backends.mkldnn.is_available():
             packed = torch.ops.mkldnn._reorder_linear_weight(w, B * rows_in)
             fns.append(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], ""))
-        times = interleaved(fns, 5, 1, device)
+        times = [statistics.median(t) for t in interleaved(fns, 5, 1, device)]
         ops.append(fns[times.index(min(times))])
 
     q, k, v = (torch.randn(B, H, n, W // H, dtype=dtype, device=device) for _ in range(3))
@@ -127,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = args.dtype or ["float32", "bfloat16"] + (["float16"] if device.type == "cuda" else [])
     cfg = get_entry(args.model).config
     n = cfg.num_prefix_tokens + cfg.grid**2
-    print(f"# {args.model} at {cfg.image_size} px on {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
+    print(f"# {args.model} at {cfg.image_size} px on {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
+          f"load average {os.getloadavg()[0]:.1f}")
     rows = []
     for dtype_name in dtypes:
         dtype = getattr(torch, dtype_name)
@@ -147,14 +168,21 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 t_zoo, t_timm, t_floor = interleaved([*fns, floor], args.reps, args.warmup, device)
                 total = time.perf_counter() - t0
-                rows.append((pairing, batch, dtype_name, batch / t_zoo, batch / t_timm, t_timm / t_zoo, t_floor / t_zoo, batch / t_floor))
+                ratios = [t / z for z, t in zip(t_zoo, t_timm)]  # per round: both calls saw the same load
+                rows.append((
+                    pairing, batch, dtype_name,
+                    spread([batch / t for t in t_zoo]), spread([batch / t for t in t_timm]),
+                    spread(ratios, "{:.2f}"), verdict(ratios),
+                    spread([f / z for z, f in zip(t_zoo, t_floor)], "{:.0%}"), spread([batch / t for t in t_floor]),
+                ))
                 print(f"  done {pairing} batch {batch} {dtype_name} in {total:.0f} s", flush=True)
         del net, ref
     print()
-    print("| pairing | batch | dtype | zoo img/s | timm img/s | zoo / timm | zoo share of floor | floor img/s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for p, b, d, z, t, r, s, f in rows:
-        print(f"| {p} | {b} | {d} | {z:.3f} | {t:.3f} | {r:.2f} | {s:.0%} | {f:.3f} |")
+    print(f"min/median/max over {args.reps} rounds; zoo / timm and the floor share are taken per round")
+    print("| pairing | batch | dtype | zoo img/s | timm img/s | zoo / timm | verdict | zoo share of floor | floor img/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(str(v) for v in row) + " |")
     return 0
 
 

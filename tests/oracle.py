@@ -27,19 +27,36 @@ def timm_name(entry: Entry) -> str:
     return f"vit_pe_{entry.family}_{_SIZES[entry.variant[0]]}_patch{c.patch_size}_{c.image_size}"
 
 
-def timm_model(entry: Entry, cfg: PEConfig, meta_vision: dict[str, torch.Tensor], h: int, w: int) -> torch.nn.Module:
-    """timm's implementation at (h, w) loaded with Meta-layout weights (position embedding resized like Meta)."""
+def timm_model(
+    entry: Entry, cfg: PEConfig, meta_vision: dict[str, torch.Tensor], h: int, w: int, lean: bool = False
+) -> torch.nn.Module:
+    """timm's implementation at (h, w) loaded with Meta-layout weights (position embedding resized like Meta).
+
+    ``lean=True`` (full-size L/G models): built on the meta device and given ``meta_vision``'s own tensors
+    (timm's conversion takes views), so no second copy of the weights is made; the RoPE tables, which
+    are not part of the weights, come from a one-block twin built on the CPU.
+    """
     gh, gw = h // cfg.patch_size, w // cfg.patch_size
-    model = timm.create_model(
-        timm_name(entry), pretrained=False, num_classes=cfg.clip_dim or 0,
-        img_size=(h, w), ref_feat_shape=(gh, gw), depth=cfg.depth,
-    )
+
+    def build(depth: int) -> torch.nn.Module:
+        return timm.create_model(
+            timm_name(entry), pretrained=False, num_classes=cfg.clip_dim or 0,
+            img_size=(h, w), ref_feat_shape=(gh, gw), depth=depth,
+        )
+
+    if lean:
+        with torch.device("meta"):
+            model = build(cfg.depth)
+        model.rope = build(1).rope
+    else:
+        model = build(cfg.depth)
     sd = dict(meta_vision)
     pos, n, G = sd["positional_embedding"], cfg.num_prefix_tokens, cfg.grid
     grid = pos[n:].reshape(1, G, G, -1).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=(gh, gw), mode="bilinear", align_corners=False, antialias=False)
     sd["positional_embedding"] = torch.cat([pos[:n], grid.flatten(2).transpose(1, 2)[0]])
-    model.load_state_dict(checkpoint_filter_fn(sd, model))
+    # contiguous(): copies only the transposed CLIP projection, so the lean model runs the same kernels
+    model.load_state_dict({k: v.contiguous() for k, v in checkpoint_filter_fn(sd, model).items()}, assign=lean)
     return model.eval()
 
 

@@ -26,6 +26,7 @@ from zoo.testing.hub_cache import add_file, use_cache
 from zoo.paths import weights_dir
 from zoo.registry import find_entry
 from zoo.testing.synthetic import meta_clip_state_dict, meta_vision_state_dict
+from tests.weights_env import assert_memory_mapped
 
 TOL = 1e-5
 T16 = find_entry("core", "T16")
@@ -119,6 +120,19 @@ def test_converted_repo_in_hub_cache(meta_source, hub, tmp_path):
     want = meta_text_to_zoo(state, T16.text, T16.config.clip_dim)
     got = {k: v for k, v in model.text.state_dict().items()} | {"logit_scale": model.logit_scale}
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_both_files_are_memory_mapped_not_copied(meta_source, hub):
+    """Right after loading, the vision tower's tensors lie in a mapping of the vision file, the text tower's
+    and logit_scale in one of the text file."""
+    src, _ = meta_source
+    folder = weights_dir()
+    assert convert_core(["--variant", "T16", "--checkpoint", str(src), "--out", str(folder)]) == 0
+    for inference in (False, True):
+        model = load_pretrained_clip(T16.name, inference=inference)
+        assert {k.split(".")[0] for k in model.state_dict()} == {"visual", "text", "logit_scale"}
+        assert_memory_mapped(model.visual.state_dict(keep_vars=True), folder / T16.weights.file)
+        assert_memory_mapped(model.text.state_dict(keep_vars=True) | {"logit_scale": model.logit_scale}, folder / TEXT_FILE)
 
 
 def test_nothing_cached_offline(hub):

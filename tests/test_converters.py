@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 import zoo
 from tests.oracle import timm_model, timm_outputs, unit_config
 from zoo.weights import ConversionError, convert_checkpoint, download_source, load_source, meta_to_zoo, read_metadata
-from zoo.registry import find_entry, get_entry
+from zoo.registry import find_entry, get_entry, load_registry
 from zoo.weights.writer import TensorSpec, write_safetensors
 from zoo.testing.synthetic import meta_clip_state_dict, meta_vision_state_dict
 
@@ -297,13 +297,47 @@ def test_dtype_option(tmp_path, source_dtype, option, want):
     assert read_metadata(tmp_path / T16.weights.file)["dtype"] == str(want).removeprefix("torch.")
 
 
-def test_help_explains_each_option(capsys):
+def option_help(text):
+    """{option: its help text} from the "options:" section of argparse's --help output (whitespace collapsed)."""
+    helps, current = {}, None
+    for line in text.split("options:", 1)[1].splitlines():
+        if line.startswith("  -"):
+            spec, _, rest = line.strip().partition("  ")
+            current = [o for o in spec.replace(",", " ").split() if o.startswith("--")][0]
+            helps[current] = rest.strip()
+        elif current and line.strip():
+            helps[current] = f"{helps[current]} {line.strip()}".strip()
+    return helps
+
+
+@pytest.mark.parametrize("family", ["core", "spatial", "lang"])
+def test_help_explains_each_option(family, tmp_path, monkeypatch, capsys):
+    """Each option's own help line says what it does and its default (argparse's usage line alone names them all)."""
+    monkeypatch.setenv("COLUMNS", "300")  # no wrapping inside the weights path
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "home"))
     with pytest.raises(SystemExit) as e:
-        cli("spatial", ["--help"])
+        importlib.import_module(f"converters.pe_{family}").main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--variant", "--checkpoint", "--out", "--dtype", "--force", "HF_HUB_OFFLINE", "G14"):
-        assert option in text
+    assert f"Convert Meta's PE-{family.capitalize()} checkpoint" in text and "strict" in text
+    helps = option_help(text)
+    variants = sorted(e.variant for e in load_registry().values() if e.family == family)
+    expected = {
+        "--help": "show this help message",
+        "--variant": "which model size to convert",
+        "--checkpoint": "a local Meta checkpoint (.pt or .safetensors) instead of downloading it from the Hugging Face Hub",
+        "--out": f"folder to write <name>.safetensors into (default: the zoo's weights folder, now {tmp_path / 'home' / 'weights'})",
+        "--dtype": "store the weights in this dtype (default: keep the checkpoint's dtype)",
+        "--force": "overwrite an existing output file",
+    }
+    if family == "core":
+        expected["--vision-only"] = "skip the CLIP text tower (by default it is written to <name>_text.safetensors"
+    assert sorted(helps) == sorted(expected)
+    for option, phrase in expected.items():
+        assert phrase in helps[option], option
+    assert "HF_HUB_OFFLINE and HF_TOKEN" in helps["--checkpoint"]
+    assert f"--variant {{{','.join(variants)}}}" in text.split("options:", 1)[1]
+    assert "{float32,bfloat16,float16}" in text.split("options:", 1)[1]
 
 
 # ---- the Hub: a real Hugging Face cache, offline ----

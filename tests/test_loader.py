@@ -11,7 +11,7 @@ from PIL import Image
 
 import zoo
 from tests.oracle import timm_model, timm_outputs
-from tests.weights_env import CORE, SPATIAL, add_meta_source, hub, write_meta_checkpoint  # noqa: F401 (fixture)
+from tests.weights_env import CORE, SPATIAL, add_meta_source, assert_memory_mapped, hub, write_meta_checkpoint  # noqa: F401 (fixture)
 from zoo import weights
 from zoo.weights import convert_checkpoint, file_sha256, meta_to_zoo
 from zoo.testing.hub_cache import add_file
@@ -94,6 +94,21 @@ def test_model_info_and_lean_load(hub, tmp_path):
     assert net.training and all(p.requires_grad for p in net.parameters())
     net(torch.randn(1, 3, 32, 32)).sum().backward()  # trainable: gradients flow into the loaded weights
     assert net.patch_embed.weight.grad is not None
+
+
+@pytest.mark.parametrize("source", ["weights folder", "converted Hub repo"])
+def test_weights_are_memory_mapped_not_copied(source, hub, tmp_path):
+    """Right after loading, every parameter and buffer of the state dict lies in a mapping of the weights file."""
+    entry = dataclasses.replace(CORE, weights=dataclasses.replace(CORE.weights, hub_repo="pe-zoo/t16-core"))
+    path, _ = converted(entry, tmp_path, weights_dir() if source == "weights folder" else tmp_path / "build")
+    if source == "converted Hub repo":
+        add_file(hub, "pe-zoo/t16-core", entry.weights.file, path)
+    for kwargs in ({}, {"inference": True, "new_size": 64}):
+        net, info = load_entry(entry, **kwargs)
+        assert (source == "converted Hub repo") == str(info.weights).startswith(str(hub))
+        state = net.state_dict(keep_vars=True)
+        assert dict(net.named_parameters()).keys() <= state.keys()
+        assert_memory_mapped(state, info.weights)
 
 
 def test_local_folder(hub, tmp_path):

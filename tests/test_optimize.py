@@ -1,6 +1,7 @@
 """zoo.optimize: compiled outputs match timm and the eager net, one graph per shape, eager fallback."""
 
 import dataclasses
+import importlib
 
 import numpy as np
 import pytest
@@ -19,6 +20,8 @@ from zoo.registry import get_entry
 from zoo.testing.synthetic import meta_vision_state_dict
 
 TINY = "rope_i_vit_t16_pn_aps_c1_pe-core"
+EMBED_CLI = "zoo.cli.basic"  # the module of `python -m zoo embed` (its OPTIMIZE_MIN_IMAGES)
+OPTIMIZE = importlib.import_module("zoo.optimize")  # the module (zoo.optimize is also the function)
 
 
 def small(seed=7, depth=1):
@@ -31,6 +34,10 @@ def small(seed=7, depth=1):
     return entry, cfg, meta, net
 
 
+COMPILED = pytest.mark.filterwarnings("error")  # a fallback to eager warns: here it fails the test
+
+
+@COMPILED
 def test_compiled_float32_matches_timm_and_eager_one_graph_per_shape():
     torch._dynamo.reset()
     stats = torch._dynamo.utils.counters["stats"]
@@ -39,6 +46,7 @@ def test_compiled_float32_matches_timm_and_eager_one_graph_per_shape():
     assert fast.compiled
     x = torch.randn(2, 3, 64, 64)
     out = fast(x)
+    assert fast.compiled  # still compiled after the first call: no fallback
     ref = timm_outputs(timm_model(entry, cfg, meta, 64, 64), x)["embedding"]
     assert (out - ref).abs().max() <= 1e-5
     with torch.no_grad():
@@ -51,15 +59,20 @@ def test_compiled_float32_matches_timm_and_eager_one_graph_per_shape():
     out_y = fast(y)
     assert stats["unique_graphs"] > graphs
     assert (out_y - timm_outputs(timm_model(entry, cfg, meta, 48, 80), y)["embedding"]).abs().max() <= 1e-5
+    assert fast.compiled
 
 
+@COMPILED
 def test_compiled_bfloat16_agrees_with_float32():
     torch._dynamo.reset()
+    stats = torch._dynamo.utils.counters["stats"]
     _, _, _, net = small()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         ref = net.forward_features(x)
-    out = zoo.optimize(net.to(torch.bfloat16), method="forward_features", mode="compile")(x.bfloat16())
+    fast = zoo.optimize(net.to(torch.bfloat16), method="forward_features", mode="compile")
+    out = fast(x.bfloat16())
+    assert fast.compiled and stats["unique_graphs"] >= 1  # the compiled graph ran, no eager fallback
     assert out.dtype == torch.bfloat16
     assert F.cosine_similarity(out.float().flatten(1), ref.flatten(1)).min() >= 0.999
 
@@ -133,22 +146,60 @@ def test_packed_eager_weights_follow_weight_changes():
     assert (out - ref).abs().max() <= 1e-5
 
 
-def test_loader_and_cli_optimize(hub, tmp_path, capsys):
+class OptimizeCalls:
+    """Records each ``zoo.optimize`` call (every call builds its ``OptimizedNet`` through the module's global,
+    however the caller imported ``optimize``); the real class does the work."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        calls, real = self.calls, OPTIMIZE.OptimizedNet
+
+        class Recorded(real):
+            def __init__(self, net, method, use_compile):
+                calls.append(method)
+                super().__init__(net, method, use_compile)
+
+        monkeypatch.setattr(OPTIMIZE, "OptimizedNet", Recorded)
+
+    def take(self):
+        taken, self.calls[:] = list(self.calls), []
+        return taken
+
+
+def test_loader_optimize(hub, tmp_path, monkeypatch):
     src = tmp_path / "src.pt"
     write_meta_checkpoint(CORE, src)
     convert_checkpoint(CORE, src, weights_dir())
-    fast, info = zoo.load_pretrained_model(CORE.name, inference=True, new_size=64, optimize=True)
+    calls = OptimizeCalls(monkeypatch)
     net, _ = zoo.load_pretrained_model(CORE.name, inference=True, new_size=64)
-    assert isinstance(fast, OptimizedNet) and info.size == (64, 64)
+    assert calls.take() == [] and isinstance(net, zoo.PEViT)
+    fast, info = zoo.load_pretrained_model(CORE.name, inference=True, new_size=64, optimize=True)
+    assert calls.take() == ["forward"]
+    assert isinstance(fast, OptimizedNet) and fast.net is not net and info.size == (64, 64)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert (fast(x) - net(x)).abs().max() <= 1e-6
+
+
+def test_cli_embed_optimizes_only_when_asked(hub, tmp_path, monkeypatch):
+    """`embed --optimize` goes through zoo.optimize, `--no-optimize` does not; by default only from
+    OPTIMIZE_MIN_IMAGES images on. Outputs agree either way."""
+    src = tmp_path / "src.pt"
+    write_meta_checkpoint(CORE, src)
+    convert_checkpoint(CORE, src, weights_dir())
     image = tmp_path / "a.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(image)
+    calls = OptimizeCalls(monkeypatch)
     saved = {}
-    for flag in ("--optimize", "--no-optimize"):
-        out_file = tmp_path / f"{flag}.npy"
-        assert main(["embed", CORE.name, str(image), "--size", "64", flag, "--out", str(out_file)]) == 0
-        saved[flag] = np.load(out_file)
-    assert saved["--optimize"].shape == (1, 192)
-    assert np.allclose(saved["--optimize"], saved["--no-optimize"], atol=1e-6)
+    for flags, expected in ((["--optimize"], ["embedding"]), (["--no-optimize"], []), ([], [])):
+        out_file = tmp_path / f"{'-'.join(flags) or 'default'}.npy"
+        assert main(["embed", CORE.name, str(image), "--size", "64", *flags, "--out", str(out_file)]) == 0
+        assert calls.take() == expected, flags
+        saved[tuple(flags)] = np.load(out_file)
+    assert saved[("--optimize",)].shape == (1, 192)
+    assert np.allclose(saved[("--optimize",)], saved[("--no-optimize",)], atol=1e-6)
+    assert np.array_equal(saved[()], saved[("--no-optimize",)])
+    many = [str(image)] * importlib.import_module(EMBED_CLI).OPTIMIZE_MIN_IMAGES
+    for flags, expected in (([], ["embedding"]), (["--no-optimize"], [])):
+        assert main(["embed", CORE.name, *many, "--size", "64", *flags]) == 0
+        assert calls.take() == expected, flags

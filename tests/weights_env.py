@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,28 @@ def add_meta_source(cache: Path, entry: Entry, tmp: Path, seed: int = 0) -> dict
     vision = write_meta_checkpoint(entry, src, seed)
     add_file(cache, entry.source.repo, entry.source.file, src)
     return vision
+
+
+def file_mappings(path: str | os.PathLike) -> list[tuple[int, int]]:
+    """The address ranges [start, end) this process has mapped from the file at ``path`` (/proc/self/maps)."""
+    real = os.path.realpath(path)
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == real:
+            lo, hi = (int(a, 16) for a in fields[0].split("-"))
+            ranges.append((lo, hi))
+    return ranges
+
+
+def assert_memory_mapped(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Every tensor's storage lies inside a mapping of the file at ``path``: read in place, not copied."""
+    ranges = file_mappings(path)
+    assert ranges, f"{path} is not memory-mapped"
+    for name, t in tensors.items():
+        storage = t.untyped_storage()
+        lo, hi = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+        assert any(a <= lo and hi <= b for a, b in ranges), f"{name} is a copy, not in a mapping of {path}"
 
 
 @pytest.fixture
