@@ -135,11 +135,12 @@ def test_resume_redoes_only_missing_shards(photos, tmp_path, capsys):
     (cut / "shard-00003.json").unlink()
     (cut / "shard-00003.npy").write_bytes(b"partial")
     (cut / ".shard-00005.npy.x.tmp").write_bytes(b"partial")
+    np.save(cut / "shard-00004.npy", np.zeros((1, 192), np.float16))  # rows that do not match their record
     (cut / "manifest.json").unlink()
     (cut / "errors.txt").unlink()
     with pytest.raises(CollectionError, match="unfinished collection"):
         zoo.read_embeddings(cut)
-    kept = {p.name: p.stat().st_mtime_ns for p in cut.glob("shard-*") if p.stem not in ("shard-00001", "shard-00003")}
+    kept = {p.name: p.stat().st_mtime_ns for p in cut.glob("shard-*") if p.stem not in ("shard-00001", "shard-00003", "shard-00004")}
     assert embed(*args, "--out", str(cut)) == 0
     assert {p.name: p.stat().st_mtime_ns for p in cut.glob("shard-*") if p.name in kept} == kept
     assert sorted(os.listdir(cut)) == sorted(os.listdir(full))
@@ -186,13 +187,14 @@ def test_process_group_path(photos, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_equal_one(photos, tmp_path):
-    args = [CORE.name, str(photos), "--size", SIZE, "--shard-size", "2", "--batch-size", "2", "--workers", "1", "-q"]
+    args = [CORE.name, str(photos), "--size", SIZE, "--shard-size", "2", "--batch-size", "2", "--workers", "1"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "zoo", "embed", *args, "--out", str(tmp_path / "one")], env=env,
                          capture_output=True, text=True)
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "zoo", "embed",
                           *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    assert "7 shards over 2 processes, 4 to write here" in two.stderr  # rank 0 writes shards 0, 2, 4, 6
     paths1, rows1 = zoo.read_embeddings(tmp_path / "one")
     paths2, rows2 = zoo.read_embeddings(tmp_path / "two")
     assert paths1 == paths2 and len(paths1) == 9 and np.array_equal(np.asarray(rows1), np.asarray(rows2))
@@ -200,9 +202,9 @@ def test_torchrun_two_processes_equal_one(photos, tmp_path):
 
 
 def brute_force(rows: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    x = rows.astype(np.float64)
+    x, q = rows.astype(np.float64), q.astype(np.float64)
     norms = np.linalg.norm(x, axis=1)
-    scores = x @ q.astype(np.float64) / np.where(norms > 0, norms, 1) / np.linalg.norm(q)
+    scores = x @ q / np.where(norms > 0, norms, 1) / np.linalg.norm(q)
     order = sorted(range(len(x)), key=lambda i: (-scores[i], i))[:k]
     return scores[order], np.array(order)
 
@@ -211,14 +213,17 @@ def test_top_k_matches_brute_force():
     rng = np.random.default_rng(3)
     shards = [rng.standard_normal((n, 24)).astype(np.float16) for n in (700, 0, 5, 1300)]
     shards[3][17] = 0  # a zero row scores 0
+    shards[3][[5, 9, 400]] = shards[0][[8, 8, 8]]  # ties across and within shards: the lower row ranks first
+    shards[0][[2, 3]] = 2 * shards[0][8]
     rows = MappedRows(shards, 24, np.float16)
     whole = np.concatenate(shards)
-    for k in (1, 10, 3000):
-        q = rng.standard_normal(24)
+    for k, q in ((1, rng.standard_normal(24)), (10, rng.standard_normal(24)), (3000, rng.standard_normal(24)),
+                 (4, shards[0][8]), (2, -shards[0][8])):
         scores, index = top_k(rows, q, k)
         ref_scores, ref_index = brute_force(whole, q, k)
         assert len(index) == min(k, 2005) and np.array_equal(index, ref_index)
         assert np.abs(scores - ref_scores).max() < 1e-5
+    assert list(top_k(rows, shards[0][8], 6)[1]) == [2, 3, 8, 710, 714, 1105]
     assert np.array_equal(rows[[3, 701, 2004]], whole[[3, 701, 2004]]) and np.array_equal(rows[690:710], whole[690:710])
     assert np.array_equal(rows[-1], whole[-1]) and rows[5, :3].shape == (3,) and np.asarray(rows).shape == (2005, 24)
     with pytest.raises(ValueError, match="the query has 3 values but the collection's rows have 24"):

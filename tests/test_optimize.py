@@ -147,8 +147,8 @@ def test_loader_and_cli_optimize(hub, tmp_path, capsys):
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(image)
     saved = {}
     for flag in ("--optimize", "--no-optimize"):
-        out_file = tmp_path / f"{flag}.npy"
-        assert main(["embed", CORE.name, str(image), "--size", "64", flag, "--out", str(out_file)]) == 0
-        saved[flag] = np.load(out_file)
+        out_dir = tmp_path / flag
+        assert main(["embed", CORE.name, str(image), "--size", "64", flag, "--store-dtype", "float32", "--out", str(out_dir)]) == 0
+        saved[flag] = np.asarray(zoo.read_embeddings(out_dir)[1])
     assert saved["--optimize"].shape == (1, 192)
     assert np.allclose(saved["--optimize"], saved["--no-optimize"], atol=1e-6)

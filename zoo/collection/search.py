@@ -62,10 +62,10 @@ def _scan(shards, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
             torch.mv(block, q, out=dots[start:stop])
             torch.linalg.vector_norm(block, dim=1, out=norms[start:stop])
         scores = dots / norms.clamp_min(1e-12)
-        take = min(k, n)
-        if take:
-            s, i = torch.topk(scores, take)
-            best_s = torch.cat([best_s, s])
+        if n:
+            # every row scoring at least the k-th best (ties included), so that ties go to the lower row
+            i = torch.nonzero(scores >= torch.topk(scores, min(k, n)).values[-1]).flatten()
+            best_s = torch.cat([best_s, scores[i]])
             best_i = torch.cat([best_i, i + offset])
             order = np.lexsort((best_i.numpy(), -best_s.numpy()))[:k]  # score descending, then row ascending
             best_s, best_i = best_s[order], best_i[order]
