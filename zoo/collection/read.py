@@ -88,24 +88,37 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+def open_rows(directory: str | os.PathLike, manifest: dict[str, Any]) -> MappedRows:
+    """The memory-mapped rows of a finished collection (its paths are not read)."""
+    directory = Path(directory)
+    shards = []
+    for shard in manifest["shards"]:
+        rows = np.load(directory / shard["embeddings"], mmap_mode="r")
+        if rows.shape != (shard["rows"], manifest["dim"]):
+            raise CollectionError(f"{directory / shard['embeddings']} does not match {MANIFEST}; embed the collection again")
+        shards.append(rows)
+    return MappedRows(shards, manifest["dim"], np.dtype(manifest["store_dtype"]))
+
+
+def shard_paths(directory: str | os.PathLike, manifest: dict[str, Any], shard: int) -> list[str]:
+    """The image paths of one shard's rows, in row order."""
+    entry = manifest["shards"][shard]
+    paths = read_json(Path(directory) / entry["paths"])["paths"]
+    if len(paths) != entry["rows"]:
+        raise CollectionError(f"{Path(directory) / entry['paths']} does not match {MANIFEST}; embed the collection again")
+    return paths
+
+
 def read_embeddings(directory: str | os.PathLike) -> tuple[list[str], MappedRows]:
     """``(paths, rows)`` of a finished collection: paths in manifest order, ``rows[i]`` the embedding of ``paths[i]``.
 
     ``rows`` is memory-mapped shard by shard (a collection larger than RAM is never loaded at once);
     ``np.asarray(rows)`` loads it whole.
     """
-    directory = Path(directory)
     manifest = read_manifest(directory)
-    paths: list[str] = []
-    shards = []
-    for shard in manifest["shards"]:
-        rows = np.load(directory / shard["embeddings"], mmap_mode="r")
-        names = read_json(directory / shard["paths"])["paths"]
-        if rows.shape != (shard["rows"], manifest["dim"]) or len(names) != shard["rows"]:
-            raise CollectionError(f"{directory / shard['embeddings']} does not match {MANIFEST}; embed the collection again")
-        shards.append(rows)
-        paths.extend(names)
-    return paths, MappedRows(shards, manifest["dim"], np.dtype(manifest["store_dtype"]))
+    rows = open_rows(directory, manifest)
+    paths = [p for s in range(len(manifest["shards"])) for p in shard_paths(directory, manifest, s)]
+    return paths, rows
 
 
-__all__ = ["MappedRows", "read_embeddings", "read_manifest"]
+__all__ = ["MappedRows", "open_rows", "read_embeddings", "read_manifest", "shard_paths"]

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from zoo.collection.read import read_embeddings, read_manifest
+from zoo.collection.read import open_rows, read_manifest, shard_paths
 from zoo.collection.store import CollectionError
 
 CHUNK_ROWS = 512  # rows converted to float32 at a time: small enough to stay in the CPU cache
+MAX_THREADS = 8  # the scan is memory-bound: more threads stop helping
 
 
 @dataclass(frozen=True)
@@ -41,36 +43,46 @@ def top_k(rows, query: np.ndarray | torch.Tensor, k: int) -> tuple[np.ndarray, n
         raise ValueError(f"the query has {q.numel()} values but the collection's rows have {rows.shape[1]}")
     q = q / q.norm().clamp_min(1e-12)
     shards = rows.shards if hasattr(rows, "shards") else [rows]
-    with warnings.catch_warnings():  # torch.from_numpy warns about read-only maps; the block is only read
-        warnings.simplefilter("ignore", UserWarning)
-        best_s, best_i = _scan(shards, q, k)
-    return best_s.numpy(), best_i.numpy()
+    offsets = np.cumsum([0] + [len(x) for x in shards])
+    threads = torch.get_num_threads()
+    local = threading.local()
+
+    def scan(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not hasattr(local, "buf"):
+            local.buf = torch.empty(CHUNK_ROWS, q.numel())
+        s, index = _scan_shard(shards[i], q, k, local.buf)
+        return s, index + int(offsets[i])
+
+    # one single-threaded scan per core: tiny OpenMP regions stall badly on a busy machine, plain threads do not
+    torch.set_num_threads(1)
+    try:
+        with warnings.catch_warnings():  # torch.from_numpy warns about read-only maps; blocks are only read
+            warnings.simplefilter("ignore", UserWarning)
+            with ThreadPoolExecutor(max(1, min(threads, len(shards), MAX_THREADS))) as pool:
+                found = list(pool.map(scan, range(len(shards))))
+    finally:
+        torch.set_num_threads(threads)
+    best_s = torch.cat([f[0] for f in found]).numpy()
+    best_i = torch.cat([f[1] for f in found]).numpy()
+    order = np.lexsort((best_i, -best_s))[:k]  # score descending, then row ascending
+    return best_s[order], best_i[order]
 
 
-def _scan(shards, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    best_s = torch.empty(0)
-    best_i = torch.empty(0, dtype=torch.int64)
-    buf = torch.empty(CHUNK_ROWS, q.numel())
-    offset = 0
-    for shard in shards:
-        n = len(shard)
-        dots, norms = torch.empty(n), torch.empty(n)
-        for start in range(0, n, CHUNK_ROWS):
-            stop = min(n, start + CHUNK_ROWS)
-            block = buf[: stop - start]
-            block.copy_(torch.from_numpy(np.ascontiguousarray(shard[start:stop])))
-            torch.mv(block, q, out=dots[start:stop])
-            torch.linalg.vector_norm(block, dim=1, out=norms[start:stop])
-        scores = dots / norms.clamp_min(1e-12)
-        if n:
-            # every row scoring at least the k-th best (ties included), so that ties go to the lower row
-            i = torch.nonzero(scores >= torch.topk(scores, min(k, n)).values[-1]).flatten()
-            best_s = torch.cat([best_s, scores[i]])
-            best_i = torch.cat([best_i, i + offset])
-            order = np.lexsort((best_i.numpy(), -best_s.numpy()))[:k]  # score descending, then row ascending
-            best_s, best_i = best_s[order], best_i[order]
-        offset += n
-    return best_s, best_i
+def _scan_shard(shard: np.ndarray, q: torch.Tensor, k: int, buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of one shard scoring at least its k-th best (ties included, so that ties go to the lower row)."""
+    n = len(shard)
+    if n == 0:
+        return torch.empty(0), torch.empty(0, dtype=torch.int64)
+    dots, norms = torch.empty(n), torch.empty(n)
+    for start in range(0, n, CHUNK_ROWS):
+        stop = min(n, start + CHUNK_ROWS)
+        block = buf[: stop - start]
+        block.copy_(torch.from_numpy(np.ascontiguousarray(shard[start:stop])))
+        torch.mv(block, q, out=dots[start:stop])
+        torch.linalg.vector_norm(block, dim=1, out=norms[start:stop])
+    scores = dots / norms.clamp_min(1e-12)
+    index = torch.nonzero(scores >= torch.topk(scores, min(k, n)).values[-1]).flatten()
+    return scores[index], index
 
 
 def _text_query(manifest: dict[str, Any], text: str, device: str | None, weights_dir) -> np.ndarray:
@@ -126,9 +138,12 @@ def search(
         query = _text_query(manifest, text, device, weights_dir)
     elif image is not None:
         query = _image_query(manifest, image, device, weights_dir)
-    paths, rows = read_embeddings(Path(directory))
+    rows = open_rows(directory, manifest)
     scores, index = top_k(rows, query, k)
-    return [Hit(r, float(s), paths[i], int(i)) for r, (s, i) in enumerate(zip(scores, index), 1)]
+    shard_of = np.searchsorted(rows.offsets, index, side="right") - 1
+    paths = {s: shard_paths(directory, manifest, s) for s in set(shard_of.tolist())}  # only the shards hit
+    return [Hit(r, float(score), paths[s][int(i - rows.offsets[s])], int(i))
+            for r, (score, i, s) in enumerate(zip(scores, index, shard_of), 1)]
 
 
 __all__ = ["Hit", "search", "top_k"]
