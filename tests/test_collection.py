@@ -7,6 +7,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -248,3 +249,25 @@ def test_search_by_image_and_vector(photos, tmp_path, capsys):
     assert err.count("\n") == 1 and "holds 'embedding' rows" in err and "--what clip" in err
     assert main(["search", str(tmp_path), "--image", paths[0]]) == 1
     assert "holds no pe-zoo collection" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_uninterrupted(photos, tmp_path):
+    """A real `kill -9` in the middle of a run, then the same command: the same folder as a run never stopped."""
+    for i in range(40):  # more images, one per shard, so that the kill lands mid-run
+        Image.fromarray(np.full((32, 32, 3), i * 6, np.uint8)).save(photos / f"extra{i:02d}.jpg")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "zoo", "embed", CORE.name, str(photos), "--size", SIZE, "--shard-size", "1",
+           "--batch-size", "1", "--workers", "1", "-q", "--out"]
+    assert subprocess.run([*cmd, str(tmp_path / "full")], env=env).returncode == 0
+    run = subprocess.Popen([*cmd, str(tmp_path / "cut")], env=env)
+    while not (tmp_path / "cut" / "shard-00003.json").exists() and run.poll() is None:
+        time.sleep(0.01)
+    run.kill()
+    run.wait()
+    assert not (tmp_path / "cut" / "manifest.json").exists(), "the run finished before it could be killed"
+    assert subprocess.run([*cmd, str(tmp_path / "cut")], env=env).returncode == 0
+    assert sorted(os.listdir(tmp_path / "cut")) == sorted(os.listdir(tmp_path / "full"))
+    for name in os.listdir(tmp_path / "full"):
+        if name != "manifest.json":
+            assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name

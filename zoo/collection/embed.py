@@ -253,6 +253,7 @@ def _embed_shards(run, paths, shards, out, shard_size, batch_size, workers, tran
     loader = DataLoader(ImageFiles(paths, transform), batch_sampler=batches, num_workers=workers, collate_fn=_collate,
                         pin_memory=dev.type == "cuda", prefetch_factor=4 if workers else None)
     left = {s: owners.count(s) for s in shards}
+    start, done = time.perf_counter(), 0
     rows: list[np.ndarray] = []
     good: list[str] = []
     bad: list[tuple[str, str]] = []
@@ -267,8 +268,11 @@ def _embed_shards(run, paths, shards, out, shard_size, batch_size, workers, tran
                 good.extend(paths[i] for i in idx)
             bad.extend((paths[i], reason) for i, reason in errors)
             bar.update(len(idx) + len(errors))
+            done += len(idx) + len(errors)
             left[s] -= 1
             if left[s] == 0:
                 stacked = np.concatenate(rows) if rows else np.zeros((0, dim), store_dtype)
                 write_shard(out, s, stacked, good, bad)
                 rows, good, bad = [], [], []
+    seconds = time.perf_counter() - start
+    log.info(f"embedded {done} images in {seconds:.1f} s ({done / seconds:.2f} img/s)")

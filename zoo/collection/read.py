@@ -39,8 +39,9 @@ class MappedRows:
         return self.shards[s][i - self.offsets[s]]
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        if isinstance(key, tuple):  # rows[i, j] / rows[:, :8]: rows first, then the rest
-            return self[key[0]][(slice(None),) * (not isinstance(key[0], (int, np.integer))) + key[1:]]
+        if isinstance(key, tuple):  # rows[i, j] / rows[:, :8]: select the rows, then index within them
+            rows = self[key[0]]
+            return rows[key[1:]] if isinstance(key[0], (int, np.integer)) else rows[(slice(None), *key[1:])]
         if isinstance(key, (int, np.integer)):
             return np.asarray(self._row(int(key)))
         if isinstance(key, slice):
