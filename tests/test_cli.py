@@ -1,4 +1,4 @@
-"""python -m zoo: list, info, embed, features, demo, --help everywhere, one-line errors."""
+"""python -m zoo: list, info, embed, features, demo, --help everywhere, one-line errors (collections: test_collection)."""
 
 import os
 import subprocess
@@ -16,7 +16,7 @@ from zoo.weights import convert_checkpoint
 from zoo.inference import infer_batch
 from zoo.paths import weights_dir
 
-COMMANDS = ["list", "info", "embed", "features", "demo"]
+COMMANDS = ["list", "info", "embed", "search", "features", "demo"]
 
 
 @pytest.fixture
@@ -69,16 +69,16 @@ def test_info_present(ready, capsys):
 
 
 def test_embed(ready, tmp_path, capsys):
-    out_file = tmp_path / "emb.npy"
-    assert main(["embed", CORE.name, *ready, "--size", "192", "--out", str(out_file)]) == 0
-    out = capsys.readouterr().out
-    assert all(f"{p}: embedding (192,)" in out for p in ready)
-    saved = np.load(out_file)
+    out_dir = tmp_path / "emb"
+    assert main(["embed", CORE.name, *ready, "--size", "192", "--store-dtype", "float32", "--out", str(out_dir)]) == 0
+    assert f"{out_dir}: 2 embeddings in 1 shards, 0 unreadable images" in capsys.readouterr().out
+    paths, saved = zoo.read_embeddings(out_dir)
     net, info = zoo.load_pretrained_model(CORE.name, inference=True, new_size=192)
     expected = infer_batch(net, ready, zoo.classification_transform(info.size, info.rgb_stats))
-    assert saved.shape == (2, 192) and np.allclose(saved, expected, atol=1e-5)
-    assert main(["embed", CORE.name, ready[0], "--dtype", "bfloat16", "--out", str(out_file)]) == 0
-    assert np.load(out_file).shape == (1, 192) and np.isfinite(np.load(out_file)).all()
+    assert paths == ready and saved.shape == (2, 192) and np.allclose(np.asarray(saved), expected, atol=1e-5)
+    assert main(["embed", CORE.name, ready[0], "--dtype", "bfloat16", "--out", str(tmp_path / "bf16")]) == 0
+    _, saved = zoo.read_embeddings(tmp_path / "bf16")
+    assert saved.shape == (1, 192) and np.isfinite(np.asarray(saved)).all()
 
 
 def test_features(ready, tmp_path, capsys):
@@ -96,13 +96,13 @@ def test_features(ready, tmp_path, capsys):
 
 
 def test_errors_are_one_line(hub, ready, tmp_path, capsys):
-    assert main(["embed", CORE.name, str(tmp_path / "missing.jpg")]) == 1
-    assert "cannot read image" in one_line_error(capsys)
+    assert main(["embed", CORE.name, str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "o")]) == 1
+    assert "no such file or folder" in one_line_error(capsys)
     assert main(["features", CORE.name, ready[0], "--layers", "40"]) == 1
     assert "out of range" in one_line_error(capsys)
-    assert main(["embed", CORE.name, ready[0], "--size", "100"]) == 1
+    assert main(["embed", CORE.name, ready[0], "--size", "100", "--out", str(tmp_path / "o")]) == 1
     assert "patch size 16" in one_line_error(capsys)
-    assert main(["embed", "rope_i_vit_s16_pn_aps_c1_pe-core", ready[0]]) == 1  # no weights, offline
+    assert main(["embed", "rope_i_vit_s16_pn_aps_c1_pe-core", ready[0], "--out", str(tmp_path / "o")]) == 1  # no weights, offline
     assert "python -m converters.pe_core --variant S16" in one_line_error(capsys)
 
 

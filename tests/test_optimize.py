@@ -20,7 +20,7 @@ from zoo.registry import get_entry
 from zoo.testing.synthetic import meta_vision_state_dict
 
 TINY = "rope_i_vit_t16_pn_aps_c1_pe-core"
-EMBED_CLI = "zoo.cli.basic"  # the module of `python -m zoo embed` (its OPTIMIZE_MIN_IMAGES)
+EMBED_CLI = "zoo.collection.embed"  # where `python -m zoo embed` takes its OPTIMIZE_MIN_IMAGES
 OPTIMIZE = importlib.import_module("zoo.optimize")  # the module (zoo.optimize is also the function)
 
 
@@ -192,14 +192,17 @@ def test_cli_embed_optimizes_only_when_asked(hub, tmp_path, monkeypatch):
     calls = OptimizeCalls(monkeypatch)
     saved = {}
     for flags, expected in ((["--optimize"], ["embedding"]), (["--no-optimize"], []), ([], [])):
-        out_file = tmp_path / f"{'-'.join(flags) or 'default'}.npy"
-        assert main(["embed", CORE.name, str(image), "--size", "64", *flags, "--out", str(out_file)]) == 0
+        out_dir = tmp_path / ("-".join(flags) or "default")
+        assert main(["embed", CORE.name, str(image), "--size", "64", *flags, "--store-dtype", "float32", "--out", str(out_dir)]) == 0
         assert calls.take() == expected, flags
-        saved[tuple(flags)] = np.load(out_file)
+        saved[tuple(flags)] = np.asarray(zoo.read_embeddings(out_dir)[1])
     assert saved[("--optimize",)].shape == (1, 192)
     assert np.allclose(saved[("--optimize",)], saved[("--no-optimize",)], atol=1e-6)
     assert np.array_equal(saved[()], saved[("--no-optimize",)])
-    many = [str(image)] * importlib.import_module(EMBED_CLI).OPTIMIZE_MIN_IMAGES
+    many = []  # distinct files: the same path given twice is one image of the collection
+    for i in range(importlib.import_module(EMBED_CLI).OPTIMIZE_MIN_IMAGES):
+        many.append(str(tmp_path / f"many{i}.png"))
+        Image.open(image).save(many[-1])
     for flags, expected in (([], ["embedding"]), (["--no-optimize"], [])):
-        assert main(["embed", CORE.name, *many, "--size", "64", *flags]) == 0
+        assert main(["embed", CORE.name, *many, "--size", "64", *flags, "--out", str(tmp_path / f"many{len(flags)}")]) == 0
         assert calls.take() == expected, flags

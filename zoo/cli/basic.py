@@ -1,4 +1,4 @@
-"""The first commands: list, info, embed, features, classify, demo."""
+"""The first commands: list, info, features, classify, demo."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ import torch
 from zoo import weights
 from zoo.cli.common import DTYPES, add_device, add_weights_dir, load_net
 from zoo.registry import get_entry, list_pretrained_models
-
-OPTIMIZE_MIN_IMAGES = 32  # embed: from this many images on, zoo.optimize repays a compile (where it compiles)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -40,32 +38,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"weights {e.weights.file} (sha256 {e.weights.sha256 or 'recorded on first use'}); looked for in order:")
     for loc in weights.locate(e, args.weights_dir):
         print(f"  {loc.what:20s} {loc.where}: {loc.status()}")
-    return 0
-
-
-def cmd_embed(args: argparse.Namespace) -> int:
-    from zoo.inference import infer_batch
-    from zoo.loader import get_size_from_signature
-    from zoo.transforms import classification_transform
-
-    net, info = load_net(args)
-    transform = classification_transform(get_size_from_signature(info.signature), info.rgb_stats)
-    use_optimize = args.optimize if args.optimize is not None else len(args.images) >= OPTIMIZE_MIN_IMAGES
-    if use_optimize:
-        from zoo.inference import open_image
-        from zoo.optimize import optimize
-
-        fast = optimize(net, method="embedding")
-        embeddings = np.concatenate(
-            [fast(transform(open_image(image)).unsqueeze(0)).float().numpy() for image in args.images]
-        )
-    else:
-        embeddings = np.concatenate([infer_batch(net, [image], transform) for image in args.images])
-    for image, emb in zip(args.images, embeddings):
-        print(f"{image}: embedding ({emb.shape[0]},) norm {np.linalg.norm(emb):.4f} first {np.array2string(emb[:4], precision=4)}")
-    if args.out:
-        np.save(args.out, embeddings)
-        print(f"saved {embeddings.shape} {embeddings.dtype} embeddings to {args.out}")
     return 0
 
 
@@ -128,28 +100,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", help="a registry name (see `list`)")
     add_weights_dir(p)
     p.set_defaults(func=cmd_info)
-    for cmd, helptext, func in (
-        ("embed", "pooled embeddings of images (one row per image)", cmd_embed),
-        ("features", "dense detection feature maps of one image", cmd_features),
-    ):
-        p = sub.add_parser(cmd, help=helptext, description=helptext)
-        p.add_argument("name", help="a registry name (see `list`)")
-        if cmd == "embed":
-            p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-            p.add_argument("--out", type=Path, metavar="FILE.npy", help="save the embeddings [N, W] as .npy")
-            p.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=None,
-                           help=f"run through zoo.optimize (default: on from {OPTIMIZE_MIN_IMAGES} images, "
-                                "where it repays any compile time)")
-        else:
-            p.add_argument("image", metavar="IMAGE", help="an image file")
-            p.add_argument("--layers", type=int, nargs="+", metavar="I",
-                           help="block indices to tap (negatives count from the end); default: the final 'neck' map")
-            p.add_argument("--out", type=Path, metavar="FILE.npz", help="save the feature maps as .npz")
-        p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="compute dtype (default float32)")
-        p.add_argument("--size", type=int, help="input size in pixels (default: the native size)")
-        add_weights_dir(p)
-        add_device(p)
-        p.set_defaults(func=func)
+    helptext = "dense detection feature maps of one image"
+    p = sub.add_parser("features", help=helptext, description=helptext)
+    p.add_argument("name", help="a registry name (see `list`)")
+    p.add_argument("image", metavar="IMAGE", help="an image file")
+    p.add_argument("--layers", type=int, nargs="+", metavar="I",
+                   help="block indices to tap (negatives count from the end); default: the final 'neck' map")
+    p.add_argument("--out", type=Path, metavar="FILE.npz", help="save the feature maps as .npz")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="compute dtype (default float32)")
+    p.add_argument("--size", type=int, help="input size in pixels (default: the native size)")
+    add_weights_dir(p)
+    add_device(p)
+    p.set_defaults(func=cmd_features)
     p = sub.add_parser("classify", help="zero-shot classification of images over your labels (PE-Core CLIP models)",
                        description="Rank the labels for each image by CLIP probability (PE-Core models only).")
     p.add_argument("name", help="a PE-Core registry name (see `list '*pe-core'`)")

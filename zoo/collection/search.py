@@ -1,0 +1,149 @@
+"""Exact cosine top-k over a collection's memory-mapped shards, in bounded memory; text and image queries."""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from zoo.collection.read import open_rows, read_manifest, shard_paths
+from zoo.collection.store import CollectionError
+
+CHUNK_ROWS = 512  # rows converted to float32 at a time: small enough to stay in the CPU cache
+MAX_THREADS = 8  # the scan is memory-bound: more threads stop helping
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: ``rank`` (1 = best), cosine ``score``, the image ``path`` and its ``row`` in the collection."""
+
+    rank: int
+    score: float
+    path: str
+    row: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def top_k(rows, query: np.ndarray | torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, row indices)`` of the ``k`` rows most cosine-similar to ``query``, best first (ties: lower row first).
+
+    ``rows`` is a ``MappedRows`` (or any [N, D] array); it is read ``CHUNK_ROWS`` rows at a time, so memory
+    stays bounded whatever N. Rows of zero length score 0.
+    """
+    q = torch.as_tensor(np.asarray(query, dtype=np.float32)).reshape(-1)
+    if q.numel() != rows.shape[1]:
+        raise ValueError(f"the query has {q.numel()} values but the collection's rows have {rows.shape[1]}")
+    q = q / q.norm().clamp_min(1e-12)
+    shards = rows.shards if hasattr(rows, "shards") else [rows]
+    offsets = np.cumsum([0] + [len(x) for x in shards])
+    threads = torch.get_num_threads()
+    local = threading.local()
+
+    def scan(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not hasattr(local, "buf"):
+            local.buf = torch.empty(CHUNK_ROWS, q.numel())
+        s, index = _scan_shard(shards[i], q, k, local.buf)
+        return s, index + int(offsets[i])
+
+    # one single-threaded scan per core: tiny OpenMP regions stall badly on a busy machine, plain threads do not
+    torch.set_num_threads(1)
+    try:
+        with warnings.catch_warnings():  # torch.from_numpy warns about read-only maps; blocks are only read
+            warnings.simplefilter("ignore", UserWarning)
+            with ThreadPoolExecutor(max(1, min(threads, len(shards), MAX_THREADS))) as pool:
+                found = list(pool.map(scan, range(len(shards))))
+    finally:
+        torch.set_num_threads(threads)
+    best_s = torch.cat([f[0] for f in found]).numpy()
+    best_i = torch.cat([f[1] for f in found]).numpy()
+    order = np.lexsort((best_i, -best_s))[:k]  # score descending, then row ascending
+    return best_s[order], best_i[order]
+
+
+def _scan_shard(shard: np.ndarray, q: torch.Tensor, k: int, buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of one shard scoring at least its k-th best (ties included, so that ties go to the lower row)."""
+    n = len(shard)
+    if n == 0:
+        return torch.empty(0), torch.empty(0, dtype=torch.int64)
+    dots, norms = torch.empty(n), torch.empty(n)
+    for start in range(0, n, CHUNK_ROWS):
+        stop = min(n, start + CHUNK_ROWS)
+        block = buf[: stop - start]
+        block.copy_(torch.from_numpy(np.ascontiguousarray(shard[start:stop])))
+        torch.mv(block, q, out=dots[start:stop])
+        torch.linalg.vector_norm(block, dim=1, out=norms[start:stop])
+    scores = dots / norms.clamp_min(1e-12)
+    index = torch.nonzero(scores >= torch.topk(scores, min(k, n)).values[-1]).flatten()
+    return scores[index], index
+
+
+def _text_query(manifest: dict[str, Any], text: str, device: str | None, weights_dir) -> np.ndarray:
+    if manifest["what"] != "clip":
+        raise CollectionError(
+            f"a text query needs CLIP embeddings, but this collection holds {manifest['what']!r} rows: "
+            f"embed it with `python -m zoo embed {manifest['model']} ... --what clip` to search it by text"
+        )
+    from zoo.clip import get_tokenizer, load_pretrained_clip
+
+    model = load_pretrained_clip(manifest["model"], inference=True, device=device, weights_dir=weights_dir)
+    tokens = get_tokenizer(manifest["model"])([text]).to(device or "cpu")
+    with torch.inference_mode():
+        return model.encode_text(tokens).float().cpu().numpy()[0]
+
+
+def _image_query(manifest: dict[str, Any], image, device: str | None, weights_dir) -> np.ndarray:
+    from zoo.inference import open_image
+    from zoo.loader import load_pretrained_model
+    from zoo.transforms import classification_transform
+
+    dtype = getattr(torch, manifest["dtype"])
+    net, info = load_pretrained_model(manifest["model"], inference=True, dtype=dtype, device=device,
+                                      new_size=tuple(manifest["size"]), weights_dir=weights_dir)
+    x = classification_transform(info.size, info.rgb_stats)(open_image(image)).unsqueeze(0).to(device or "cpu", dtype)
+    method = net.clip_embedding if manifest["what"] == "clip" else net.embedding
+    with torch.inference_mode():
+        return method(x).float().cpu().numpy()[0]
+
+
+def search(
+    directory: str | os.PathLike,
+    query: np.ndarray | torch.Tensor | None = None,
+    k: int = 10,
+    *,
+    text: str | None = None,
+    image: str | os.PathLike | Any | None = None,
+    device: str | None = None,
+    weights_dir: str | os.PathLike | None = None,
+) -> list[Hit]:
+    """The ``k`` images of the collection in ``directory`` closest (exact cosine) to one query.
+
+    Give exactly one of ``query`` (a vector of the collection's width), ``text`` (through the PE-Core text
+    tower of the collection's model; the collection must hold ``clip`` rows) or ``image`` (a path or PIL
+    image, embedded exactly like the collection).
+    """
+    if sum(q is not None for q in (query, text, image)) != 1:
+        raise ValueError("give exactly one query: a vector, text=... or image=...")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    manifest = read_manifest(directory)
+    if text is not None:
+        query = _text_query(manifest, text, device, weights_dir)
+    elif image is not None:
+        query = _image_query(manifest, image, device, weights_dir)
+    rows = open_rows(directory, manifest)
+    scores, index = top_k(rows, query, k)
+    shard_of = np.searchsorted(rows.offsets, index, side="right") - 1
+    paths = {s: shard_paths(directory, manifest, s) for s in set(shard_of.tolist())}  # only the shards hit
+    return [Hit(r, float(score), paths[s][int(i - rows.offsets[s])], int(i))
+            for r, (score, i, s) in enumerate(zip(scores, index, shard_of), 1)]
+
+
+__all__ = ["Hit", "search", "top_k"]

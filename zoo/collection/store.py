@@ -1,0 +1,110 @@
+"""The output folder of a collection: settings, shards (``.npy`` rows + ``.json`` paths), manifest, errors.
+
+```
+DIR/settings.json         what the run embeds (written first; a restart must match it)
+DIR/shard-00000.npy       rows of inputs [0, shard_size) that could be read, in input order
+DIR/shard-00000.json      their paths (and the unreadable ones with the reason); written last: the shard's commit mark
+DIR/manifest.json         written once, when every shard is there
+DIR/errors.txt            one "path<TAB>reason" line per unreadable image
+```
+Every file is written to a temporary name in the folder and renamed into place, so a run stopped at
+any point leaves whole shards or none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+FORMAT = "pe-zoo-collection/1"
+SETTINGS = "settings.json"
+MANIFEST = "manifest.json"
+ERRORS = "errors.txt"
+TMP_SUFFIX = ".tmp"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+class CollectionError(ValueError):
+    """An output folder that cannot be used as asked (other settings, unfinished, not a collection)."""
+
+
+def shard_stem(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` through ``write(file)`` into a temporary file beside it, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600: give the file the permissions open() would
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode("utf-8")))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_shard(out: Path, index: int, rows: np.ndarray, paths: list[str], errors: list[tuple[str, str]]) -> None:
+    """Shard ``index``: its rows (``.npy``) first, then its paths and errors (``.json``, the commit mark)."""
+    if len(rows) != len(paths):
+        raise ValueError(f"shard {index}: {len(rows)} rows but {len(paths)} paths")
+    stem = shard_stem(index)
+    write_atomic(out / f"{stem}.npy", lambda f: np.save(f, rows, allow_pickle=False))
+    write_json(out / f"{stem}.json", {"rows": len(rows), "paths": paths, "errors": [list(e) for e in errors]})
+
+
+def shard_done(out: Path, index: int, dim: int, dtype: str) -> bool:
+    """Whether shard ``index`` is committed and whole (its ``.json`` and an ``.npy`` of the recorded shape)."""
+    stem = shard_stem(index)
+    try:
+        meta = read_json(out / f"{stem}.json")
+        rows = np.load(out / f"{stem}.npy", mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return rows.shape == (meta.get("rows"), dim) and rows.dtype == np.dtype(dtype) and len(meta.get("paths", ())) == rows.shape[0]
+
+
+def remove_temporaries(out: Path) -> None:
+    """Delete the temporary files a stopped run left behind."""
+    for tmp in out.glob(f".*{TMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+
+
+def write_manifest(out: Path, settings: dict[str, Any], num_shards: int) -> dict[str, Any]:
+    """Assemble ``manifest.json`` and ``errors.txt`` from the committed shards (all must be there)."""
+    shards, errors, rows = [], [], 0
+    for index in range(num_shards):
+        stem = shard_stem(index)
+        meta = read_json(out / f"{stem}.json")
+        shards.append({"embeddings": f"{stem}.npy", "paths": f"{stem}.json", "rows": meta["rows"]})
+        errors.extend(meta["errors"])
+        rows += meta["rows"]
+    text = "".join(f"{path}\t{' '.join(str(reason).split())}\n" for path, reason in errors)
+    write_atomic(out / ERRORS, lambda f: f.write(text.encode("utf-8")))
+    manifest = {**settings, "rows": rows, "errors": len(errors), "shards": shards}
+    write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+__all__ = [
+    "CollectionError", "ERRORS", "FORMAT", "MANIFEST", "SETTINGS", "read_json", "remove_temporaries", "shard_done",
+    "shard_stem", "write_atomic", "write_json", "write_manifest", "write_shard",
+]
