@@ -207,16 +207,16 @@ def push_to_hub(
     classes = dict(model_info.class_to_idx)
     if classes and len(classes) != net.num_classes:
         raise PublishError(f"model_info.class_to_idx names {len(classes)} classes but the net has {net.num_classes}")
+    config = hub_config(entry, size=model_info.size, class_to_idx=classes, num_classes=net.num_classes)
     meta = {
         "format": "pe-zoo", "name": entry.name, "family": entry.family, "variant": entry.variant,
-        "config": json.dumps(entry.config.to_dict()), "signature": json.dumps(model_info.signature),
+        "config": json.dumps(entry.config.to_dict()), "signature": json.dumps(config["signature"]),
         "rgb_stats": json.dumps(model_info.rgb_stats), "num_classes": str(net.num_classes),
         "class_to_idx": json.dumps(classes), "source_repo": entry.source.repo, "zoo_version": __version__,
     }
     with tempfile.TemporaryDirectory(prefix=".pe-zoo-push-") as tmp:
         weights = Path(tmp) / entry.weights.file
-        _, sha = write_safetensors(weights, _state_specs(net), meta)
-        config = hub_config(entry, {weights.name: sha}, size=model_info.size, class_to_idx=classes, num_classes=net.num_classes)
+        _, config["sha256"][weights.name] = write_safetensors(weights, _state_specs(net), meta)
         where = Path(stage_dir) if stage_dir is not None else Path(tmp) / "repo"
         stage([weights], where, config, render_card(repo_id, config))
         return upload(where, repo_id, private=private, token=token,
