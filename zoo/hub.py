@@ -150,7 +150,7 @@ def _net_entry(net: PEViT, info: ModelInfo) -> Entry:
     )
 
 
-def render_card(repo_id: str, config: dict[str, Any]) -> str:
+def repo_card(repo_id: str, config: dict[str, Any]) -> str:
     """The card of a net published by ``push_to_hub``: front matter, what it is, how to load it."""
     data = ModelCardData(
         library_name="pe-zoo", license=config["license"], base_model=config["base_model"] or None,
@@ -218,7 +218,7 @@ def push_to_hub(
         weights = Path(tmp) / entry.weights.file
         _, config["sha256"][weights.name] = write_safetensors(weights, _state_specs(net), meta)
         where = Path(stage_dir) if stage_dir is not None else Path(tmp) / "repo"
-        stage([weights], where, config, render_card(repo_id, config))
+        stage([weights], where, config, repo_card(repo_id, config))
         return upload(where, repo_id, private=private, token=token,
                       message=commit_message or f"Upload {entry.name} (pe-zoo {__version__})")
 
@@ -335,5 +335,5 @@ def _check_holds(entry: Entry, path: Path, folder: Path) -> None:
 
 __all__ = [
     "PublishError", "check_repo_id", "checked_text_weights", "checked_weights", "hub_config", "hub_token", "load_from_hub", "preprocessing",
-    "push_to_hub", "render_card", "stage", "upload",
+    "push_to_hub", "repo_card", "stage", "upload",
 ]
