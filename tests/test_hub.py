@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -62,7 +63,7 @@ class StoringHub(FakeHub):
             return
         self.send_response(200)
         self.send_header("X-Repo-Commit", COMMIT)
-        self.send_header("ETag", f'"{__import__("hashlib").sha256(data).hexdigest()}"')
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if with_body:
@@ -151,7 +152,7 @@ def test_push_to_hub_a_fine_tuned_net_and_load_it_back(weights, hub, tmp_path): 
     assert sorted(files) == ["README.md", "config.json", f"{NAME}.safetensors"]
     config = json.loads(files["config.json"])
     assert config["num_classes"] == 3 and config["pretrained_cfg"]["input_size"] == [3, 384, 384]
-    assert config["sha256"][f"{NAME}.safetensors"] == __import__("hashlib").sha256(files[f"{NAME}.safetensors"]).hexdigest()
+    assert config["sha256"][f"{NAME}.safetensors"] == hashlib.sha256(files[f"{NAME}.safetensors"]).hexdigest()
     (tmp_path / "README.md").write_bytes(files["README.md"])
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.library_name == "pe-zoo" and card.data.base_model == "facebook/PE-Core-T16-384"

@@ -70,3 +70,9 @@ def test_loaded_nets_follow_new_size(images, tmp_path):
         assert net.detection_features(x)["neck"].shape[2:] == (size[0] // 16, size[1] // 16)  # the net takes it
     fast, _ = zoo.load_pretrained_model(SPATIAL, new_size=(160, 336), weights_dir=tmp_path / "w", optimize=True)
     assert resolve_data_config({}, model=fast)["input_size"] == (3, 160, 336)  # the optimized wrapper too
+
+
+def test_clip_models_carry_it_too(images):
+    model = zoo.create_clip("rope_i_vit_b16_pn_aps_c1_pe-core", device="meta")
+    assert model.pretrained_cfg is model.visual.pretrained_cfg
+    assert_same(model, images, (224, 224), {"mean": [0.5] * 3, "std": [0.5] * 3})

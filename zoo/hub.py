@@ -102,7 +102,8 @@ def stage(files: list[Path], folder: Path, config: dict[str, Any], card: str) ->
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return [(p.name, p.stat().st_size, file_sha256(p)) for p in sorted(folder.iterdir())]
+    known = config.get("sha256") or {}  # weights hashed already, for config.json: not read twice
+    return [(p.name, p.stat().st_size, known.get(p.name) or file_sha256(p)) for p in sorted(folder.iterdir())]
 
 
 def hub_token(token: str | None = None) -> str:
@@ -150,7 +151,7 @@ def _net_entry(net: PEViT, info: ModelInfo) -> Entry:
     )
 
 
-def render_card(repo_id: str, config: dict[str, Any]) -> str:
+def repo_card(repo_id: str, config: dict[str, Any]) -> str:
     """The card of a net published by ``push_to_hub``: front matter, what it is, how to load it."""
     data = ModelCardData(
         library_name="pe-zoo", license=config["license"], base_model=config["base_model"] or None,
@@ -207,18 +208,18 @@ def push_to_hub(
     classes = dict(model_info.class_to_idx)
     if classes and len(classes) != net.num_classes:
         raise PublishError(f"model_info.class_to_idx names {len(classes)} classes but the net has {net.num_classes}")
+    config = hub_config(entry, size=model_info.size, class_to_idx=classes, num_classes=net.num_classes)
     meta = {
         "format": "pe-zoo", "name": entry.name, "family": entry.family, "variant": entry.variant,
-        "config": json.dumps(entry.config.to_dict()), "signature": json.dumps(model_info.signature),
+        "config": json.dumps(entry.config.to_dict()), "signature": json.dumps(config["signature"]),
         "rgb_stats": json.dumps(model_info.rgb_stats), "num_classes": str(net.num_classes),
         "class_to_idx": json.dumps(classes), "source_repo": entry.source.repo, "zoo_version": __version__,
     }
     with tempfile.TemporaryDirectory(prefix=".pe-zoo-push-") as tmp:
         weights = Path(tmp) / entry.weights.file
-        _, sha = write_safetensors(weights, _state_specs(net), meta)
-        config = hub_config(entry, {weights.name: sha}, size=model_info.size, class_to_idx=classes, num_classes=net.num_classes)
+        _, config["sha256"][weights.name] = write_safetensors(weights, _state_specs(net), meta)
         where = Path(stage_dir) if stage_dir is not None else Path(tmp) / "repo"
-        stage([weights], where, config, render_card(repo_id, config))
+        stage([weights], where, config, repo_card(repo_id, config))
         return upload(where, repo_id, private=private, token=token,
                       message=commit_message or f"Upload {entry.name} (pe-zoo {__version__})")
 
@@ -335,5 +336,5 @@ def _check_holds(entry: Entry, path: Path, folder: Path) -> None:
 
 __all__ = [
     "PublishError", "check_repo_id", "checked_text_weights", "checked_weights", "hub_config", "hub_token", "load_from_hub", "preprocessing",
-    "push_to_hub", "render_card", "stage", "upload",
+    "push_to_hub", "repo_card", "stage", "upload",
 ]

@@ -140,7 +140,7 @@ def load_pretrained_model(
     ``name="hf-hub:ORG/REPO"``: a repo written by ``zoo.push_to_hub`` or ``python -m converters.publish``
     (its ``config.json`` and weights, verified by sha256 and metadata); ``weights_dir`` does not apply.
     """
-    if name.startswith(HUB_PREFIX):
+    if isinstance(name, str) and name.startswith(HUB_PREFIX):
         from zoo.hub import load_from_hub
 
         net, info = load_from_hub(

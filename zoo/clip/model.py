@@ -16,6 +16,7 @@ from zoo.nets.text import PEText
 from zoo.nets.text import TextConfig
 from zoo.registry import Entry, get_entry
 from zoo.clip.tokenizer import Tokenizer
+from zoo.transforms import pretrained_cfg
 
 Template = str | Callable[[str], str]
 
@@ -80,6 +81,7 @@ def create_clip(name: str, *, device: torch.device | str | None = None, dtype: t
     entry = _require_text(get_entry(name))
     with torch.device(device or "cpu"):
         model = PECLIP(entry.config, entry.text)
+    model.pretrained_cfg = model.visual.pretrained_cfg = pretrained_cfg(entry.size, entry.rgb_stats)  # timm's data config
     return model.to(dtype) if dtype is not None else model
 
 
@@ -109,6 +111,7 @@ def load_clip_entry(
         model = model.to(device=device, dtype=dtype)
     if inference:
         model.eval().requires_grad_(False)
+    model.pretrained_cfg = model.visual.pretrained_cfg = pretrained_cfg(entry.size, entry.rgb_stats)  # timm's data config
     return model
 
 

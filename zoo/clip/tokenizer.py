@@ -17,7 +17,6 @@ import html
 from collections.abc import Sequence
 from importlib import resources
 
-import ftfy
 import regex
 import torch
 
@@ -28,6 +27,8 @@ NUM_MERGES = 49152 - 256 - 2  # merges CLIP uses from the file (the rest of it i
 
 def clean_text(text: str) -> str:
     """CLIP's text cleaning: ``ftfy.fix_text``, HTML unescaped twice, whitespace collapsed, lower-cased."""
+    import ftfy  # on first use: keeps ``import zoo`` light
+
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return " ".join(text.split()).lower()
 
