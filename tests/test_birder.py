@@ -237,7 +237,7 @@ def test_bad_config_and_sizes():
 
 
 # ------------------------------------------------------------------ birder detectors
-@pytest.mark.parametrize("detector", ["vitdet", "faster_rcnn"])
+@pytest.mark.parametrize("detector", ["faster_rcnn", pytest.param("vitdet", marks=pytest.mark.slow)])
 def test_detector_with_pe_spatial_t16(detector):
     """A birder detector over the PE-Spatial T16 backbone: one training step, then detections in eval."""
     size = (128, 128)
