@@ -343,3 +343,23 @@ def test_seed_card_snippet(entry, hub, tmp_path):
     assert np.abs(embedding - ref["embedding"].numpy()).max() <= 1e-5
     neck = ref["tokens"][:, entry.config.num_prefix_tokens :].transpose(1, 2).reshape(1, W, G, G)
     assert (features["neck"] - neck).abs().max() <= 1e-5
+
+
+def test_birder_checkpoint_round_trip(hub, tmp_path):
+    """A fine-tuned zoo network saved in birder's checkpoint layout loads back through birder's own load_model."""
+    from birder.common import fs_ops
+    from birder.net.base import get_signature
+
+    add_meta_source(hub, SPATIAL, tmp_path)
+    net, info = zb.load_pretrained_model(SPATIAL.name, new_size=(256, 256))
+    net.reset_classifier(5)
+    signature = get_signature((1, 3, 256, 256), 5)
+    path = tmp_path / "finetuned.pt"
+    torch.save({"state": net.state_dict(), "task": net.task, "signature": signature,
+                "class_to_idx": {str(i): i for i in range(5)}, "rgb_stats": info.rgb_stats}, path)
+    loaded, loaded_info = fs_ops.load_model(torch.device("cpu"), SPATIAL.name, path=path, inference=True)
+    assert type(loaded) is zb.NETWORKS[SPATIAL.name] and loaded.size == (256, 256)
+    x = torch.rand(1, 3, 256, 256)
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x)) and loaded(x).shape == (1, 5)
