@@ -137,6 +137,7 @@ def test_every_checkpoint_is_registered():
         entry = get_entry(name)
         assert registry.get_default_size(name) == entry.size
         assert registry.registered_configs[name] is zb.NETWORKS[name]  # birder's checkpoints record the name
+        assert zb.NETWORKS[name].zoo_name == name
 
 
 def test_birder_networks_are_never_replaced():
