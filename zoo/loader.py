@@ -68,7 +68,7 @@ def load_entry(
         net.load_state_dict(weights.read_tensors(path), strict=True, assign=True)
     except RuntimeError as e:
         raise weights.WeightsIntegrityError(
-            f"{path} does not hold the tensors of {entry.name} ({e}); rebuild it: "
+            f"{path} does not hold the tensors of {entry.name} ({weights.first_line(e)}); rebuild it: "
             f"{weights.converter_command(entry, paths.weights_dir(weights_dir))} --force"
         ) from None
     if device is not None or dtype is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from zoo.inference import infer_batch
+    from zoo.inference import ImageError, open_image
     from zoo.loader import get_size_from_signature
     from zoo.transforms import classification_transform
 
@@ -52,20 +53,34 @@ def cmd_embed(args: argparse.Namespace) -> int:
     transform = classification_transform(get_size_from_signature(info.signature), info.rgb_stats)
     use_optimize = args.optimize if args.optimize is not None else len(args.images) >= OPTIMIZE_MIN_IMAGES
     if use_optimize:
-        from zoo.inference import open_image
         from zoo.optimize import optimize
 
-        fast = optimize(net, method="embedding")
-        embeddings = np.concatenate(
-            [fast(transform(open_image(image)).unsqueeze(0)).float().numpy() for image in args.images]
-        )
+        run = optimize(net, method="embedding")
     else:
-        embeddings = np.concatenate([infer_batch(net, [image], transform) for image in args.images])
-    for image, emb in zip(args.images, embeddings):
+        run = torch.inference_mode()(net.embedding)
+    device = next(net.parameters()).device
+    done, rows, skipped = [], [], []
+    for image in args.images:
+        try:
+            x = transform(open_image(image)).unsqueeze(0)
+        except ImageError as e:  # listed and skipped: one bad file does not cost the others
+            skipped.append((image, str(e)))
+            continue
+        rows.append(run(x.to(device)).float().cpu().numpy())
+        done.append(image)
+    if not rows:
+        raise ValueError("; ".join(reason for _, reason in skipped))
+    for image, reason in skipped:
+        print(f"skipped: {reason}", file=sys.stderr)
+    embeddings = np.concatenate(rows)
+    for image, emb in zip(done, embeddings):
         print(f"{image}: embedding ({emb.shape[0]},) norm {np.linalg.norm(emb):.4f} first {np.array2string(emb[:4], precision=4)}")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s): {', '.join(image for image, _ in skipped)}")
     if args.out:
         np.save(args.out, embeddings)
-        print(f"saved {embeddings.shape} {embeddings.dtype} embeddings to {args.out}")
+        print(f"saved {embeddings.shape} {embeddings.dtype} embeddings to {args.out}"
+              + (f" (one row per embedded image, in order; {len(skipped)} skipped)" if skipped else ""))
     return 0
 
 
@@ -89,6 +104,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from zoo.clip import load_pretrained_clip, zero_shot_classifier, zero_shot_classify
+    from zoo.clip.model import fill_template
     from zoo.clip.tokenizer import get_tokenizer
     from zoo.inference import open_image
     from zoo.transforms import classification_transform
@@ -96,13 +112,16 @@ def cmd_classify(args: argparse.Namespace) -> int:
     labels = [label.strip() for label in (args.labels or "").split(",") if label.strip()]
     if not labels:
         raise ValueError('no labels: pass the class names to rank, comma-separated, e.g. --labels "a cat,a dog,a diagram"')
+    templates = args.template or ["{}"]
+    for template in templates:  # before the model is loaded
+        fill_template(template, labels[0])
     entry = get_entry(args.name)
     model = load_pretrained_clip(
         args.name, inference=True, dtype=DTYPES[args.dtype], device=args.device, weights_dir=args.weights_dir
     )
     transform = classification_transform(entry.size, entry.rgb_stats)
     images = torch.stack([transform(open_image(path)) for path in args.images]).to(args.device or "cpu", DTYPES[args.dtype])
-    classifier = zero_shot_classifier(model, get_tokenizer(args.name), labels, templates=args.template or ["{}"])
+    classifier = zero_shot_classifier(model, get_tokenizer(args.name), labels, templates=templates)
     probs = zero_shot_classify(model, images, classifier).float()
     width = max(len(label) for label in labels)
     for path, p in zip(args.images, probs):

@@ -27,17 +27,17 @@ from zoo import paths
 from zoo.registry import Entry
 from zoo.weights.convert import convert_checkpoint
 from zoo.weights.convert_text import convert_text_checkpoint, text_weights_file
-from zoo.weights.errors import ConversionError, WeightsIntegrityError, WeightsNotFoundError
+from zoo.weights.errors import ConversionError, OutputError, WeightsIntegrityError, WeightsNotFoundError
 from zoo.weights.hub import hub_download
-from zoo.weights.integrity import check, record
-from zoo.weights.source import download_source
+from zoo.weights.integrity import check
+from zoo.weights.source import download_source, not_a_file
 
 log = logging.getLogger("zoo")
 
 
-def converter_command(entry: Entry, folder: Path | None = None) -> str:
-    """The command that (re)builds an entry's weights file from Meta's checkpoint."""
-    cmd = f"python -m converters.pe_{entry.family} --variant {entry.variant}"
+def converter_command(entry: Entry, folder: Path | None = None, text: bool = False) -> str:
+    """The command that (re)builds an entry's weights file (``text=True``: its CLIP text file alone) from Meta's checkpoint."""
+    cmd = f"python -m converters.pe_{entry.family} --variant {entry.variant}" + (" --text-only" if text else "")
     if folder is not None and folder != paths.weights_dir():
         cmd += f" --out {folder}"
     return cmd
@@ -83,7 +83,12 @@ def _convert(entry: Entry, source: Path, folder: Path, force: bool = False, text
         result = (convert_text_checkpoint if text else convert_checkpoint)(entry, source, folder, force=force, source_sha256=known)
     except FileExistsError:  # another process converted it meanwhile; it is verified like any file
         return folder / file
-    record(result.path, result.sha256)
+    except OutputError as e:
+        raise OutputError(
+            f"{e}. The zoo converts Meta's checkpoint into its weights folder once; choose a writable one: "
+            "set ZOO_HOME=DIR (weights go to DIR/weights), or pass weights_dir=DIR (--weights-dir DIR on the command line)",
+            e.folder,
+        ) from None
     return result.path
 
 
@@ -94,7 +99,10 @@ def resolve(entry: Entry, weights_dir: str | os.PathLike | None = None, progress
     folder = paths.weights_dir(weights_dir)
     file = text_weights_file(entry) if text else entry.weights.file
     local = folder / file
-    rebuild = converter_command(entry, folder)
+    rebuild = converter_command(entry, folder, text)
+    problem = not_a_file(local)
+    if problem:
+        raise WeightsNotFoundError(f"{local} {problem}: remove it (or point it at the weights file), then load again")
     if local.is_file():
         try:
             check(local, entry, rebuild, text)
