@@ -144,7 +144,7 @@ def test_malformed_registry_is_one_line_in_the_converters(tmp_path):
         shutil.copytree(root / folder, tmp_path / folder, symlinks=False, ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "zoo" / "registry.yaml").write_text(break_entry(lambda e: e["config"].update(heads=0)))
     env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
-    for cmd in (["-m", "converters.pe_core", "--variant", "T16"],):  # (python -m zoo list: tests/test_cli.py)
-        run = subprocess.run([sys.executable, *cmd], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        assert run.returncode == 1, run.stderr
-        assert run.stderr.startswith("error: registry entry 'rope_i_vit_b16_pn_aps_c1_pe-core'") and run.stderr.count("\n") == 1, run.stderr
+    run = subprocess.run([sys.executable, "-m", "converters.pe_core", "--variant", "T16"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.startswith("error: registry entry 'rope_i_vit_b16_pn_aps_c1_pe-core'") and run.stderr.count("\n") == 1, run.stderr
