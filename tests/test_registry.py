@@ -1,5 +1,11 @@
 """registry.yaml: validation, lookup and the registry API."""
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -134,16 +140,11 @@ def test_duplicate_names_and_fields_are_refused():
 
 def test_malformed_registry_is_one_line_in_the_converters(tmp_path):
     """The converters and python -m zoo read the registry shipped in the package: a copy of it with a broken one."""
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     for folder in ("zoo", "converters"):
         shutil.copytree(root / folder, tmp_path / folder, symlinks=False, ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "zoo" / "registry.yaml").write_text(break_entry(lambda e: e["config"].update(heads=0)))
-    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     run = subprocess.run([sys.executable, "-m", "converters.pe_core", "--variant", "T16"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 1, run.stderr
