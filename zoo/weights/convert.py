@@ -340,8 +340,10 @@ def write_weights(out: Path, specs: list[TensorSpec], metadata: dict[str, str], 
     The old file's record is dropped just before the new file replaces it, so an interruption never
     leaves a file beside a record of another; without ``force`` an existing file is never replaced.
     """
-    size, sha = write_safetensors(out, specs, metadata, overwrite=force,
-                                  before_commit=lambda: sidecar_path(out).unlink(missing_ok=True))
+    forget = lambda: sidecar_path(out).unlink(missing_ok=True)  # noqa: E731
+    if not out.exists():
+        forget()  # a record without its file is stale
+    size, sha = write_safetensors(out, specs, metadata, overwrite=force, before_replace=forget)
     try:
         record(out, sha)
     except OSError:  # a folder where the file could be written but not its record: hashed again on load

@@ -163,7 +163,7 @@ def write_safetensors(
     metadata: Mapping[str, str],
     *,
     overwrite: bool = True,
-    before_commit: Callable[[], None] | None = None,
+    before_replace: Callable[[], None] | None = None,
 ) -> tuple[int, str]:
     """Write ``specs`` to ``path`` through a temporary file in the same folder; return (size, sha256).
 
@@ -171,7 +171,7 @@ def write_safetensors(
     The file appears complete or not at all: on any failure (SIGTERM too, with ``exit_on_sigterm``)
     the temporary file is removed, and so are the folders this call created; ``path`` is left as it
     was. ``overwrite=False``: an existing ``path`` is never replaced, even by a writer racing this one
-    (``FileExistsError``). ``before_commit`` runs just before the file is put in place. Temporary files
+    (``FileExistsError``). ``before_replace`` runs just before the file replaces ``path`` (``overwrite=True``). Temporary files
     of earlier interrupted writes of ``path`` are removed first. A folder that cannot be written raises
     ``OutputError`` naming it.
     """
@@ -201,8 +201,8 @@ def write_safetensors(
                     del t, data
                 f.flush()
                 os.fsync(f.fileno())
-                if before_commit is not None:
-                    before_commit()
+                if overwrite and before_replace is not None:
+                    before_replace()
                 committing = True
                 _commit(tmp, path, overwrite)  # inside the lock, so no cleaner ever sees an unlocked live file
         except OSError as e:
