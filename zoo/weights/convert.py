@@ -23,6 +23,7 @@ The zoo keeps readable names and Meta's fused qkv:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -342,7 +343,8 @@ def write_weights(out: Path, specs: list[TensorSpec], metadata: dict[str, str], 
     """
     forget = lambda: sidecar_path(out).unlink(missing_ok=True)  # noqa: E731
     if not out.exists():
-        forget()  # a record without its file is stale
+        with contextlib.suppress(OSError):  # a record without its file is stale (no folder yet: no record)
+            forget()
     size, sha = write_safetensors(out, specs, metadata, overwrite=force, before_replace=forget)
     try:
         record(out, sha)
