@@ -430,3 +430,22 @@ def test_sidecar_mode_follows_the_umask(umask, tmp_path):
     want = 0o666 & ~umask
     assert path.stat().st_mode & 0o777 == want
     assert weights.sidecar_path(path).stat().st_mode & 0o777 == want
+
+
+def test_info_says_what_stands_in_place_of_the_weights(hub, capsys):
+    from zoo.__main__ import main
+
+    path = weights_dir() / CORE.weights.file
+    path.mkdir(parents=True)
+    assert main(["info", CORE.name]) == 0
+    assert f"{path}: is a folder, not a file" in capsys.readouterr().out
+
+
+def test_bad_converted_file_in_the_hub_cache_says_how_to_fetch_it_again(hub, tmp_path):
+    good = convert_checkpoint(SMALL, save(clip_state(), tmp_path / "meta.pt"), tmp_path / "good").path
+    (tmp_path / "cut").write_bytes(good.read_bytes()[:2000])
+    link = add_file(hub, "someone/pe-small", SMALL.weights.file, tmp_path / "cut")
+    published = dataclasses.replace(SMALL, weights=dataclasses.replace(SMALL.weights, hub_repo="someone/pe-small"))
+    with pytest.raises(WeightsIntegrityError) as err:
+        load_entry(published)
+    assert f"delete {os.path.realpath(link)}" in str(err.value) and "force_download=True" in str(err.value)

@@ -30,7 +30,7 @@ from zoo.weights.convert_text import convert_text_checkpoint, text_weights_file
 from zoo.weights.errors import ConversionError, OutputError, WeightsIntegrityError, WeightsNotFoundError
 from zoo.weights.hub import hub_download
 from zoo.weights.integrity import check
-from zoo.weights.source import download_source, not_a_file
+from zoo.weights.source import download_source, not_a_file, refetch_hint
 
 log = logging.getLogger("zoo")
 
@@ -56,8 +56,11 @@ class Location:
     what: str  # "weights folder", "converted Hub repo", "Meta checkpoint"
     where: str
     path: Path | None  # the local file when present
+    problem: str | None = None  # what stands where the file should be (a folder, a dangling link)
 
     def status(self) -> str:
+        if self.problem is not None:
+            return self.problem
         if self.path is None:
             return "absent" if self.what == "weights folder" else "not in the local Hub cache"
         return "present" if self.what == "weights folder" else f"cached at {self.path}"
@@ -66,7 +69,7 @@ class Location:
 def locate(entry: Entry, weights_dir: str | os.PathLike | None = None) -> list[Location]:
     """Where ``resolve`` looks, in order, with the files present locally (weights folder, Hub cache)."""
     local = paths.weights_dir(weights_dir) / entry.weights.file
-    found = [Location("weights folder", str(local), local if local.is_file() else None)]
+    found = [Location("weights folder", str(local), local if local.is_file() else None, not_a_file(local))]
     hub = [("converted Hub repo", entry.weights.hub_repo, entry.weights.file)] if entry.weights.hub_repo else []
     for what, repo, file in hub + [("Meta checkpoint", entry.source.repo, entry.source.file)]:
         cached = try_to_load_from_cache(repo, file)
@@ -122,7 +125,10 @@ def resolve(entry: Entry, weights_dir: str | os.PathLike | None = None, progress
         except (OSError, EntryNotFoundError, ValueError) as e:
             looked.append(f"{file} in the Hub repo {entry.weights.hub_repo} ({type(e).__name__})")
         else:
-            check(hub_file, entry, rebuild, text)
+            try:
+                check(hub_file, entry, rebuild, text)
+            except WeightsIntegrityError as e:  # a bad copy in the Hub cache is served again until it is deleted
+                raise WeightsIntegrityError(f"{e}; or {refetch_hint(hub_file)}") from None
             return hub_file
     try:
         source = download_source(entry, progress=progress)
