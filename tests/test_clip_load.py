@@ -224,3 +224,34 @@ def test_cli_classify_bad_input(hub, image_file, capsys):
     with pytest.raises(SystemExit) as e:
         main(["classify", "--help"])
     assert e.value.code == 0 and "--labels" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("template, message", [
+    ("a {} and a {}", "must hold exactly one '{}'"),
+    ("a {} {x}", "must hold exactly one '{}'"),
+    ("a {0}", "must hold exactly one '{}'"),
+    ("a {} }", "not a valid template"),
+    ("a photo", "has no '{}'"),
+])
+def test_cli_classify_bad_template_is_one_line(template, message, hub, image_file, capsys):
+    assert main(["classify", T16.name, str(image_file), "--labels", "a,b", "--template", "{}", "--template", template]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: template ") and message in err and "\n" not in err
+    with pytest.raises(ValueError, match="template"):  # the library says the same
+        zero_shot_classifier(None, None, ["a"], templates=[template])
+
+
+def test_text_file_after_vision_only_hint_works(meta_source, hub, capsys):
+    """The hint for a missing text file (after --vision-only) is a command that writes just that file."""
+    src, _ = meta_source
+    assert convert_core(["--variant", "T16", "--checkpoint", str(src), "--vision-only"]) == 0
+    with pytest.raises(weights.WeightsNotFoundError) as err:
+        load_pretrained_clip(T16.name)
+    hint = "python -m converters.pe_core --variant T16 --text-only"
+    assert hint in str(err.value)
+    args = hint.split()[3:]
+    assert convert_core(args + ["--checkpoint", str(src)]) == 0
+    assert f"wrote {weights_dir() / TEXT_FILE}" in capsys.readouterr().out
+    load_pretrained_clip(T16.name)
+    assert convert_core(args + ["--checkpoint", str(src)]) == 1  # and now it exists
+    assert "already exists; pass --force" in capsys.readouterr().err

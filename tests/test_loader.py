@@ -184,6 +184,8 @@ def test_altered_in_place_is_never_loaded(hub, tmp_path):
 
 def test_hash_only_when_file_changed(hub, tmp_path, monkeypatch):
     path, _ = converted(CORE, tmp_path, weights_dir())
+    assert weights.sidecar_path(path).is_file()  # the converter recorded the hash of the file it wrote
+    weights.sidecar_path(path).unlink()  # now as a file copied in from elsewhere
     calls = []
     monkeypatch.setattr(weights.integrity, "file_sha256", lambda p: calls.append(p) or file_sha256(p))
     zoo.load_pretrained_model(CORE.name)

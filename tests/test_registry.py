@@ -1,5 +1,11 @@
 """registry.yaml: validation, lookup and the registry API."""
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -93,3 +99,53 @@ def test_malformed_entry_names_entry_and_field(mutate, message):
     with pytest.raises(RegistryError, match=message) as info:
         parse_registry(break_entry(mutate))
     assert "rope_i_vit_b16_pn_aps_c1_pe-core" in str(info.value)
+
+
+# ---- issue 14, item 12: values that would divide by zero, escape --out, or silently win ----
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda e: e["config"].update(heads=0), "field 'config.heads' must be a positive integer"),
+        (lambda e: e["config"].update(patch_size=0), "field 'config.patch_size' must be a positive integer"),
+        (lambda e: e["config"].update(depth=0), "field 'config.depth' must be a positive integer"),
+        (lambda e: e["config"].update(depth=-2), "field 'config.depth' must be a positive integer"),
+        (lambda e: e["config"].update(clip_dim=0), "field 'config.clip_dim' must be a positive integer"),
+        (lambda e: e["text"].update(context_length=0), "field 'text.context_length' must be a positive integer"),
+        (lambda e: e["text"].update(heads=0), "field 'text.heads' must be a positive integer"),
+        (lambda e: e["text"].update(heads=7), "field 'text.width' .* must split into 7 heads"),
+        (lambda e: e["rgb_stats"].update(std=[0.5, 0.0, 0.5]), "field 'rgb_stats.std' must be 3 positive numbers"),
+        (lambda e: e["rgb_stats"].update(std=[0.5, float("nan"), 0.5]), "field 'rgb_stats.std' must be 3 numbers"),
+        (lambda e: e["weights"].update(file="../x.safetensors"), "field 'weights.file' must be a plain file name"),
+        (lambda e: e["weights"].update(file="/tmp/x.safetensors"), "field 'weights.file' must be a plain file name"),
+        (lambda e: e["weights"].update(file="sub/x.safetensors"), "field 'weights.file' must be a plain file name"),
+        (lambda e: e["weights"].update(file=".x.safetensors"), "field 'weights.file' must be a plain file name"),
+    ],
+)
+def test_values_that_would_break_later_are_refused(mutate, message):
+    with pytest.raises(RegistryError, match=message) as info:
+        parse_registry(break_entry(mutate))
+    assert "rope_i_vit_b16_pn_aps_c1_pe-core" in str(info.value)
+
+
+def test_duplicate_names_and_fields_are_refused():
+    text = registry_path().read_text()
+    start = text.index("rope_i_vit_b16_pn_aps_c1_pe-core:")
+    end = text.index("\n\n", start)
+    with pytest.raises(RegistryError, match="duplicate key 'rope_i_vit_b16_pn_aps_c1_pe-core'"):
+        parse_registry(text + "\n" + text[start:end] + "\n")
+    with pytest.raises(RegistryError, match="duplicate key 'family'"):
+        parse_registry(text.replace("  family: core\n", "  family: core\n  family: spatial\n", 1))
+
+
+def test_malformed_registry_is_one_line_in_the_converters(tmp_path):
+    """The converters and python -m zoo read the registry shipped in the package: a copy of it with a broken one."""
+    root = Path(__file__).resolve().parents[1]
+    for folder in ("zoo", "converters"):
+        shutil.copytree(root / folder, tmp_path / folder, symlinks=False, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "zoo" / "registry.yaml").write_text(break_entry(lambda e: e["config"].update(heads=0)))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "converters.pe_core", "--variant", "T16"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.startswith("error: registry entry 'rope_i_vit_b16_pn_aps_c1_pe-core'") and run.stderr.count("\n") == 1, run.stderr

@@ -9,21 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from zoo.images import ImageError, ImageLike, open_image
 from zoo.nets.pe_vit import PEViT
-
-ImageLike = str | os.PathLike | Image.Image
-
-
-def open_image(image: ImageLike) -> Image.Image:
-    """A PIL image from a path or a PIL image (the transform converts it to RGB)."""
-    if isinstance(image, Image.Image):
-        return image
-    try:
-        with Image.open(image) as im:
-            im.load()
-            return im
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read image {os.fspath(image)!r}: {e}") from None
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -50,6 +37,8 @@ def infer_batch(
 
     Without a classifier head ``out`` is the pooled embedding; with one it is the softmax over classes.
     """
+    if isinstance(images, (str, bytes, os.PathLike, Image.Image)):
+        raise TypeError("infer_batch takes a list of images; for one image call infer_image(net, image, ...) or pass [image]")
     if not images:
         raise ValueError("infer_batch needs at least one image")
     x = torch.stack([transform(open_image(im)) for im in images])
@@ -68,4 +57,4 @@ def infer_image(
     return infer_batch(net, [image], transform, return_embedding=return_embedding, device=device)
 
 
-__all__ = ["infer_batch", "infer_image", "open_image"]
+__all__ = ["ImageError", "ImageLike", "infer_batch", "infer_image", "open_image"]

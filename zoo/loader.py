@@ -92,7 +92,7 @@ def build_from_file(
         net.load_state_dict(weights.read_tensors(path), strict=True, assign=True)
     except RuntimeError as e:
         raise weights.WeightsIntegrityError(
-            f"{path} does not hold the tensors of {entry.name} ({e}); {fix}"
+            f"{path} does not hold the tensors of {entry.name} ({weights.first_line(e)}); {fix}"
         ) from None
     if device is not None or dtype is not None:
         net = net.to(device=device, dtype=dtype)

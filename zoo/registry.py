@@ -6,9 +6,11 @@ import dataclasses
 import difflib
 import fnmatch
 import functools
+import math
+from collections.abc import Hashable
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -94,6 +96,26 @@ def _field(name: str, where: str, data: dict, key: str, typ: type | tuple[type, 
     return value
 
 
+def _positive(name: str, where: str, data: dict, key: str) -> None:
+    if data[key] <= 0:
+        raise RegistryError(f"registry entry {name!r}: field '{where}{key}' must be a positive integer, got {data[key]!r}")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would silently keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (each name or field may appear once)", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _check_shape(name: str, where: str, sig: dict) -> list[int]:
     items = _field(name, "signature.", sig, where, list)
     if len(items) != 1 or not isinstance(items[0], dict) or "data_shape" not in items[0]:
@@ -121,7 +143,10 @@ def _parse_entry(name: str, data: Any) -> Entry:
                  "cls_token": bool, "pool": str, "ln_post": bool, "layer_scale": bool}
         for key, typ in types.items():
             _field(name, "config.", cfg_data, key, typ)
-        _field(name, "config.", cfg_data, "clip_dim", int, nullable=True)
+            if typ is int:
+                _positive(name, "config.", cfg_data, key)
+        if _field(name, "config.", cfg_data, "clip_dim", int, nullable=True) is not None:
+            _positive(name, "config.", cfg_data, "clip_dim")
         config = PEConfig.from_dict(cfg_data)
     except (TypeError, ValueError) as e:
         if isinstance(e, RegistryError):
@@ -137,8 +162,10 @@ def _parse_entry(name: str, data: Any) -> Entry:
     stats = data["rgb_stats"]
     for key in ("mean", "std"):
         v = _field(name, "rgb_stats.", stats, key, list)
-        if len(v) != 3 or not all(isinstance(x, (int, float)) for x in v):
+        if len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
             raise RegistryError(f"registry entry {name!r}: field 'rgb_stats.{key}' must be 3 numbers, got {v!r}")
+        if key == "std" and not all(x > 0 for x in v):
+            raise RegistryError(f"registry entry {name!r}: field 'rgb_stats.std' must be 3 positive numbers (it divides), got {v!r}")
     src, w, card = data["source"], data["weights"], data["card"]
     source = Source(_field(name, "source.", src, "repo", str), _field(name, "source.", src, "file", str))
     weights = Weights(
@@ -148,6 +175,11 @@ def _parse_entry(name: str, data: Any) -> Entry:
     )
     if not weights.file.endswith(".safetensors"):
         raise RegistryError(f"registry entry {name!r}: field 'weights.file' must end with .safetensors, got {weights.file!r}")
+    if weights.file != PurePosixPath(weights.file).name or "\\" in weights.file or weights.file.startswith("."):
+        raise RegistryError(
+            f"registry entry {name!r}: field 'weights.file' must be a plain file name (no folder, no leading dot), "
+            f"got {weights.file!r}"
+        )
     if weights.sha256 is not None and (len(weights.sha256) != 64 or set(weights.sha256) - set("0123456789abcdef")):
         raise RegistryError(f"registry entry {name!r}: field 'weights.sha256' must be 64 lowercase hex digits or null")
     text = None
@@ -159,7 +191,12 @@ def _parse_entry(name: str, data: Any) -> Entry:
         extra = sorted(set(t) - set(keys))
         if extra:
             raise RegistryError(f"registry entry {name!r}: unknown field(s) {['text.' + k for k in extra]}")
-        text = TextConfig(**{k: _field(name, "text.", t, k, int) for k in keys})
+        for k in keys:
+            _field(name, "text.", t, k, int)
+            _positive(name, "text.", t, k)
+        text = TextConfig(**{k: t[k] for k in keys})
+        if text.width % text.heads:
+            raise RegistryError(f"registry entry {name!r}: field 'text.width' ({text.width}) must split into {text.heads} heads")
         if config.clip_dim is None:
             raise RegistryError(f"registry entry {name!r}: field 'config.clip_dim' must be set for a Core entry")
     papers = tuple(_field(name, "card.", card, "papers", list))
@@ -185,7 +222,7 @@ def _parse_entry(name: str, data: Any) -> Entry:
 def parse_registry(text: str, origin: str = "registry.yaml") -> dict[str, Entry]:
     """Parse and validate registry YAML text into entries keyed by name."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         raise RegistryError(f"{origin} is not valid YAML: {e}") from None
     if not isinstance(raw, dict) or not raw:

@@ -8,10 +8,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image (grayscale, RGBA, palette, CMYK, ...) as RGB; alpha is dropped."""
-    return image if image.mode == "RGB" else image.convert("RGB")
+from zoo.images import to_rgb
 
 
 def classification_transform(
@@ -21,7 +18,8 @@ def classification_transform(
 
     Default (``center_crop=1.0``): Meta's training preprocessing, a "squash" resize of the whole image
     to (H, W) with bilinear filtering, scaling to [0, 1] and normalizing with ``rgb_stats``.
-    With ``center_crop < 1`` the image is resized to (H, W) / center_crop, then center-cropped to (H, W).
+    Images are first made upright 8-bit RGB (``zoo.images.to_rgb``: EXIF orientation applied, 16-bit and
+    float images scaled, not saturated). With ``center_crop < 1`` the image is resized to (H, W) / center_crop, then center-cropped to (H, W).
     """
     h, w = (size, size) if isinstance(size, int) else size
     if not 0.0 < center_crop <= 1.0:

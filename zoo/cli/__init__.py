@@ -15,6 +15,7 @@ import sys
 from zoo.registry import RegistryError, UnknownModelError
 from zoo.version import __version__
 from zoo.weights import ConversionError, WeightsIntegrityError, WeightsNotFoundError
+from zoo.weights.writer import exit_on_sigterm
 
 COMMANDS = ("zoo.cli.basic", "zoo.cli.collection")
 USER_ERRORS = (UnknownModelError, RegistryError, WeightsNotFoundError, WeightsIntegrityError, ConversionError, ValueError, OSError)
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.quiet)
     try:
-        return args.func(args)
+        with exit_on_sigterm():  # a conversion on load removes its temporary file when terminated
+            return args.func(args)
     except USER_ERRORS as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 1

@@ -61,6 +61,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from zoo.clip import load_pretrained_clip, zero_shot_classifier, zero_shot_classify
+    from zoo.clip.model import fill_template
     from zoo.clip.tokenizer import get_tokenizer
     from zoo.inference import open_image
     from zoo.transforms import classification_transform
@@ -68,13 +69,16 @@ def cmd_classify(args: argparse.Namespace) -> int:
     labels = [label.strip() for label in (args.labels or "").split(",") if label.strip()]
     if not labels:
         raise ValueError('no labels: pass the class names to rank, comma-separated, e.g. --labels "a cat,a dog,a diagram"')
+    templates = args.template or ["{}"]
+    for template in templates:  # before the model is loaded
+        fill_template(template, labels[0])
     entry = get_entry(args.name)
     model = load_pretrained_clip(
         args.name, inference=True, dtype=DTYPES[args.dtype], device=args.device, weights_dir=args.weights_dir
     )
     transform = classification_transform(entry.size, entry.rgb_stats)
     images = torch.stack([transform(open_image(path)) for path in args.images]).to(args.device or "cpu", DTYPES[args.dtype])
-    classifier = zero_shot_classifier(model, get_tokenizer(args.name), labels, templates=args.template or ["{}"])
+    classifier = zero_shot_classifier(model, get_tokenizer(args.name), labels, templates=templates)
     probs = zero_shot_classify(model, images, classifier).float()
     width = max(len(label) for label in labels)
     for path, p in zip(args.images, probs):

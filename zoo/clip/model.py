@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import string
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -104,7 +105,7 @@ def load_clip_entry(
         model.load_zoo_state_dicts(weights.read_tensors(vision), weights.read_tensors(text), assign=True)
     except RuntimeError as e:
         raise weights.WeightsIntegrityError(
-            f"{vision} and {text} do not hold the tensors of {entry.name} ({e}); rebuild them: "
+            f"{vision} and {text} do not hold the tensors of {entry.name} ({weights.first_line(e)}); rebuild them: "
             f"{weights.converter_command(entry, paths.weights_dir(weights_dir))} --force"
         ) from None
     if device is not None or dtype is not None:
@@ -154,11 +155,22 @@ def load_meta_weights(model: PECLIP, state_dict: Mapping[str, torch.Tensor]) -> 
     return model
 
 
-def _fill(template: Template, name: str) -> str:
+def fill_template(template: Template, name: str) -> str:
+    """A prompt from a template (a string with one ``{}``, or a callable) and a class name; a bad template
+    raises a ``ValueError`` saying what a template looks like."""
     if callable(template):
         return template(name)
-    if "{}" not in template:
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:  # an unmatched brace
+        raise ValueError(f"template {template!r} is not a valid template ({e}); write a literal brace as {{{{ or }}}}") from None
+    if not fields:
         raise ValueError(f"template {template!r} has no '{{}}' where the class name goes, e.g. 'a photo of a {{}}.'")
+    if fields != [""]:
+        raise ValueError(
+            f"template {template!r} must hold exactly one '{{}}' where the class name goes (and no other {{...}}), "
+            "e.g. 'a photo of a {}.'; write a literal brace as {{ or }}"
+        )
     return template.format(name)
 
 
@@ -178,7 +190,7 @@ def zero_shot_classifier(
         raise ValueError("class_names is empty: give at least one class name")
     if not templates:
         raise ValueError("templates is empty: give at least one, e.g. ('a photo of a {}.',)")
-    texts = [_fill(t, name) for name in class_names for t in templates]
+    texts = [fill_template(t, name) for name in class_names for t in templates]
     p = model.logit_scale
     tokens = tokenizer(texts, context_length=model.context_length).to(p.device)
     features = torch.cat([model.encode_text(chunk, normalize=True) for chunk in tokens.split(batch_size)])
@@ -200,6 +212,6 @@ def zero_shot_classify(model: PECLIP, images: torch.Tensor, classifier: torch.Te
 
 
 __all__ = [
-    "PECLIP", "create_clip", "load_clip_entry", "load_pretrained_clip", "load_meta_weights",
+    "PECLIP", "create_clip", "fill_template", "load_clip_entry", "load_pretrained_clip", "load_meta_weights",
     "zero_shot_classifier", "zero_shot_classify",
 ]

@@ -23,6 +23,7 @@ The zoo keeps readable names and Meta's fused qkv:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -35,7 +36,7 @@ import torch
 from zoo.nets.pe_vit import PEConfig, PEViT
 from zoo.registry import Entry, load_registry
 from zoo.weights.errors import ConversionError
-from zoo.weights.integrity import file_sha256
+from zoo.weights.integrity import file_sha256, record, sidecar_path
 from zoo.weights.source import load_source, unwrap_state_dict
 from zoo.weights.writer import TensorSpec, write_safetensors
 
@@ -248,17 +249,108 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+ZOO_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what a zoo file holds (--dtype choices)
+
+
+def _names(keys: list[str], limit: int = 5) -> str:
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def check_source_tensors(plan: list[tuple[str, str, Transform]], source: Mapping[str, Tensor]) -> None:
+    """Refuse, before anything is written, source tensors no weights can be made of: sparse, complex,
+    integer or boolean ones (a PE checkpoint holds real floating-point weights only)."""
+    bad: dict[str, list[str]] = {}
+    for mkey in dict.fromkeys(m for _, m, _ in plan):
+        t = source[mkey]
+        if t.layout != torch.strided:
+            kind = f"sparse ({t.layout})"
+        elif t.is_complex():
+            kind = f"complex ({t.dtype})"
+        elif not t.is_floating_point() or t.dtype not in ZOO_DTYPES + (torch.float64,):
+            kind = f"not floating-point weights ({t.dtype})"
+        else:
+            continue
+        bad.setdefault(kind, []).append(mkey)
+    if bad:
+        raise ConversionError(
+            "the checkpoint holds tensors that cannot be weights: "
+            + "; ".join(f"{len(keys)} {kind}: {_names(keys)}" for kind, keys in bad.items())
+            + ". It is not a PE checkpoint as Meta publishes it (every weight is a dense float tensor); nothing was written"
+        )
+
+
+def source_dtype(state: Mapping[str, Tensor]) -> torch.dtype:
+    """The dtype a conversion writes by default: the checkpoint's dominant float dtype (most elements), float64
+    stored as float32. Every tensor of a zoo file has this one dtype, so a mixed file cannot reach inference."""
+    count: dict[torch.dtype, int] = {}
+    for t in state.values():
+        if t.is_floating_point() and t.layout == torch.strided:
+            count[t.dtype] = count.get(t.dtype, 0) + t.numel()
+    dominant = max(count, key=lambda d: count[d], default=torch.float32)
+    return dominant if dominant in ZOO_DTYPES else torch.float32
+
+
+def _finite(t: Tensor, source: Tensor, mkey: str, zkey: str) -> Tensor:
+    """``t`` (``source`` mapped and cast) when every value is finite; otherwise a ``ConversionError`` naming the tensor."""
+    if bool(torch.isfinite(t).all()):
+        return t
+    bad = int((~torch.isfinite(source)).sum())
+    if bad:
+        raise ConversionError(
+            f"source tensor {mkey} (zoo {zkey}) holds {bad} non-finite value(s) (NaN or Inf): the checkpoint is "
+            "corrupt, so it is refused and nothing was written; use an intact copy of Meta's file"
+        )
+    top = float(source.abs().max())
+    raise ConversionError(
+        f"source tensor {mkey} (zoo {zkey}) holds values up to {top:g}, beyond the range of {t.dtype}: "
+        "choose a wider --dtype (float32 or bfloat16); nothing was written"
+    )
+
+
 def plan_specs(
     plan: list[tuple[str, str, Transform]], source: Mapping[str, Tensor], dtype: torch.dtype | None
 ) -> list[TensorSpec]:
-    """The streaming writer's specs for a checked plan: each tensor is mapped and cast only when written."""
+    """The streaming writer's specs for a checked plan: each tensor is mapped, cast to ``dtype`` (default: the
+    source's dominant float dtype, ``source_dtype``) and checked finite only when written."""
+    check_source_tensors(plan, source)
+    to = dtype if dtype is not None else source_dtype(source)
+    if to not in ZOO_DTYPES:
+        raise ConversionError(f"dtype {to} is not one the zoo stores; choose one of {[str(d) for d in ZOO_DTYPES]}")
     specs = []
     for zkey, mkey, fn in plan:
         src = source[mkey]
-        to = dtype if dtype is not None and src.is_floating_point() else src.dtype
         shape = tuple(fn(torch.empty(src.shape, device="meta")).shape)
-        specs.append(TensorSpec(zkey, shape, to, lambda fn=fn, src=src, to=to: fn(src).to(to)))
+        specs.append(TensorSpec(zkey, shape, to, lambda fn=fn, src=src, m=mkey, z=zkey: _finite(fn(src).to(to), src, m, z)))
     return specs
+
+
+def refuse_existing(out: Path, force: bool) -> None:
+    """Raise unless ``out`` may be written: a folder or a dangling link in its place is named as such, and an
+    existing file needs ``force``."""
+    if out.is_symlink() and not out.exists():
+        raise ConversionError(f"{out} is a symbolic link to {os.readlink(out)}, which does not exist: remove the link (or restore its target)")
+    if out.is_dir():
+        raise ConversionError(f"{out} is a folder, not a weights file: move it away to write the weights there")
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; pass force=True (--force) to overwrite it")
+
+
+def write_weights(out: Path, specs: list[TensorSpec], metadata: dict[str, str], force: bool) -> tuple[int, str]:
+    """Write a zoo weights file atomically and record its sha256 the moment it is in place.
+
+    The old file's record is dropped just before the new file replaces it, so an interruption never
+    leaves a file beside a record of another; without ``force`` an existing file is never replaced.
+    """
+    forget = lambda: sidecar_path(out).unlink(missing_ok=True)  # noqa: E731
+    if not out.exists():
+        with contextlib.suppress(OSError):  # a record without its file is stale (no folder yet: no record)
+            forget()
+    size, sha = write_safetensors(out, specs, metadata, overwrite=force, before_replace=forget)
+    try:
+        record(out, sha)
+    except OSError:  # a folder where the file could be written but not its record: hashed again on load
+        pass
+    return size, sha
 
 
 def file_metadata(
@@ -293,12 +385,14 @@ def convert_checkpoint(
     """Convert Meta's checkpoint ``source`` into ``out_dir/<entry.weights.file>``, streaming and strict.
 
     Every check runs before a byte is written; tensors are then renamed, cast to ``dtype`` (default:
-    the source's) and written one at a time to a temporary file that replaces the output at the end.
+    the checkpoint's dominant float dtype), checked finite and written one at a time to a temporary file
+    that becomes the output at the end (``write_weights``: atomic, sha256 recorded at once). Without
+    ``force`` an existing output is never replaced, even by a conversion racing this one.
     """
     out = output_path(entry, out_dir)
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} already exists; pass force=True (--force) to overwrite it")
-    vision, dropped = split_vision(load_source(source))
+    refuse_existing(out, force)
+    state = load_source(source)
+    vision, dropped = split_vision(state)
     try:
         plan = plan_conversion(vision, entry.config, what=f"{Path(source).name} (requested: {entry.family} {entry.variant}, {entry.name})")
     except ConversionError as e:
@@ -309,10 +403,9 @@ def convert_checkpoint(
             hint = (f"it looks like {other.variant} ({other.name}); convert it with "
                     f"`python -m converters.pe_{other.family} --variant {other.variant}`")
         raise ConversionError(f"{e}. {hint}") from None
-    specs = plan_specs(plan, vision, dtype)
+    specs = plan_specs(plan, vision, dtype or source_dtype(state))
     metadata = file_metadata(entry, source, source_sha256, specs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    size, sha = write_safetensors(out, specs, metadata)
+    size, sha = write_weights(out, specs, metadata, force)
     return ConvertResult(path=out, size=size, sha256=sha, dropped=dropped)
 
 

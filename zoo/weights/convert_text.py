@@ -25,10 +25,12 @@ import torch
 
 from zoo.nets.text import PEText, TextConfig
 from zoo.registry import Entry
-from zoo.weights.convert import ConvertResult, Transform, file_metadata, map_vision_key, plan_problems, plan_specs
+from zoo.weights.convert import (
+    ConvertResult, Transform, file_metadata, map_vision_key, plan_problems, plan_specs, refuse_existing, source_dtype, write_weights,
+)
 from zoo.weights.errors import ConversionError
 from zoo.weights.source import load_source, unwrap_state_dict
-from zoo.weights.writer import TensorSpec, write_safetensors
+from zoo.weights.writer import TensorSpec
 
 Tensor = torch.Tensor
 SKIPPED = ("attn_mask",)
@@ -147,14 +149,12 @@ def convert_text_checkpoint(
     Streaming, strict and atomic like ``convert_checkpoint``, with the same metadata plus ``text_config``.
     """
     out = Path(out_dir) / text_weights_file(entry)
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} already exists; pass force=True (--force) to overwrite it")
+    refuse_existing(out, force)
     state = load_source(source)
-    specs = text_specs(entry, state, dtype, what=f"{Path(source).name} (requested: {entry.name})")
+    specs = text_specs(entry, state, dtype or source_dtype(state), what=f"{Path(source).name} (requested: {entry.name})")
     metadata = file_metadata(entry, source, source_sha256, specs)
     metadata["text_config"] = json.dumps(dataclasses.asdict(entry.text))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    size, sha = write_safetensors(out, specs, metadata)
+    size, sha = write_weights(out, specs, metadata, force)
     return ConvertResult(path=out, size=size, sha256=sha, dropped=[k for k in state if k.startswith("visual.") or k in SKIPPED])
 
 

@@ -7,15 +7,19 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 
-from zoo.nets.pe_vit import PEConfig
+from zoo.nets.pe_vit import PEConfig, PEViT
+from zoo.nets.text import PEText
 from zoo.registry import Entry
 from zoo.weights.errors import ConversionError, WeightsIntegrityError
+from zoo.weights.writer import create_temp
+
+FLOAT_CODES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}  # the dtypes a zoo weights file may hold
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -48,7 +52,7 @@ def _stamp(st: os.stat_result) -> dict[str, int]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = create_temp(path, ".tmp")  # mode 0666 less the umask, like any file the user writes
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -72,23 +76,13 @@ def _read_record(path: str | os.PathLike) -> dict | None:
         return None
 
 
-def verify(path: str | os.PathLike, expected: str | None, rebuild: str) -> str:
-    """Check ``path`` against ``expected`` (the registry's sha256) or its recorded sha256; return the hash.
-
-    The full hash runs only when the file is new to the zoo or its size/mtime/ctime/inode changed.
-    A mismatch raises ``WeightsIntegrityError`` naming both hashes and the ``rebuild`` command.
-    """
+def _hash(path: str | os.PathLike, expected: str | None, rebuild: str) -> tuple[str, bool]:
+    """The file's sha256 checked against ``expected`` or its record, and whether it should be recorded now."""
     rec = _read_record(path)
     if rec is not None and {k: rec.get(k) for k in ("size", "mtime_ns", "ctime_ns", "inode")} == _stamp(os.stat(path)):
-        sha = rec["sha256"]
+        sha, fresh = rec["sha256"], False
     else:
-        sha = file_sha256(path)
-        known = expected or (rec or {}).get("sha256")
-        if known is None or sha == known:
-            try:
-                record(path, sha)
-            except OSError:  # a read-only folder: no record, so the file is hashed on every load
-                pass
+        sha, fresh = file_sha256(path), True
     if expected is not None and sha != expected:
         raise WeightsIntegrityError(
             f"{path} has sha256 {sha} but registry.yaml expects {expected}: the file is corrupted or was "
@@ -100,7 +94,62 @@ def verify(path: str | os.PathLike, expected: str | None, rebuild: str) -> str:
             f"({sidecar_path(path)}): the file was changed, so it is not loaded. Rebuild it with `{rebuild} --force` "
             f"(or put back the right file), then delete {sidecar_path(path)} so that the zoo records the new file"
         )
+    return sha, fresh
+
+
+def _record_quietly(path: str | os.PathLike, sha256: str) -> None:
+    try:
+        record(path, sha256)
+    except OSError:  # a read-only folder: no record, so the file is hashed on every load
+        pass
+
+
+def verify(path: str | os.PathLike, expected: str | None, rebuild: str) -> str:
+    """Check ``path`` against ``expected`` (the registry's sha256) or its recorded sha256; return the hash.
+
+    The full hash runs only when the file is new to the zoo or its size/mtime/ctime/inode changed; a
+    new hash is recorded. A mismatch raises ``WeightsIntegrityError`` naming both hashes and the
+    ``rebuild`` command. ``check`` verifies a weights file completely and records it only then.
+    """
+    sha, fresh = _hash(path, expected, rebuild)
+    if fresh:
+        _record_quietly(path, sha)
     return sha
+
+
+def _summary(keys: list[str], limit: int = 3) -> str:
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def tensor_problems(path: str | os.PathLike, want: dict[str, torch.Size]) -> list[str]:
+    """What is wrong with the tensors of a zoo weights file: missing, unexpected, mis-shaped, or not all of one
+    float dtype (each list cut to its first few names and a count). Only the header is read."""
+    with safe_open(Path(path), framework="pt") as f:
+        got = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+    problems = []
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    if missing:
+        problems.append(f"{len(missing)} missing tensor(s): {_summary(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s): {_summary(unexpected)}")
+    shapes = [f"{k} {list(got[k][0])} (expected {list(want[k])})" for k in sorted(set(got) & set(want)) if got[k][0] != tuple(want[k])]
+    if shapes:
+        problems.append(f"{len(shapes)} tensor(s) of the wrong shape: {_summary(shapes)}")
+    dtypes = sorted({d for _, d in got.values()})
+    if any(d not in FLOAT_CODES for d in dtypes) or len(dtypes) > 1:
+        problems.append(f"tensors of dtype(s) {dtypes} (a zoo file holds one of {sorted(FLOAT_CODES.values())})")
+    return problems
+
+
+def expected_tensors(entry: Entry, text: bool = False) -> dict[str, torch.Size]:
+    """Every tensor of an entry's vision (or ``text=True``: text) weights file, with its shape."""
+    with torch.device("meta"):
+        net = PEText(entry.text, entry.config.clip_dim) if text else PEViT(entry.config)
+    want = {k: v.shape for k, v in net.state_dict().items()}
+    if text:
+        want["logit_scale"] = torch.Size([])
+    return want
 
 
 def check_metadata(path: str | os.PathLike, entry: Entry, rebuild: str) -> dict[str, str]:
@@ -129,17 +178,28 @@ def check_metadata(path: str | os.PathLike, entry: Entry, rebuild: str) -> dict[
 
 
 def check(path: str | os.PathLike, entry: Entry, rebuild: str, text: bool = False) -> None:
-    """Verify a weights file for ``entry``: its sha256 (``verify``) and its metadata (``check_metadata``).
+    """Verify a weights file for ``entry``: its sha256, its metadata (``check_metadata``) and its tensors'
+    names, shapes and dtype (header only). A file new to the zoo is recorded only once it passed every check.
 
     ``text=True``: the entry's CLIP text file, whose metadata must also carry the registry's text config.
     """
-    verify(path, None if text else entry.weights.sha256, rebuild)
+    sha, fresh = _hash(path, None if text else entry.weights.sha256, rebuild)
     meta = check_metadata(path, entry, rebuild)
     if text and entry.text is not None and json.loads(meta.get("text_config", "null")) != dataclasses.asdict(entry.text):
         raise WeightsIntegrityError(
             f"{path} cannot be loaded as the text tower of {entry.name}: its metadata text_config "
             f"{meta.get('text_config')} is not the registry's {dataclasses.asdict(entry.text)}. Rebuild it: {rebuild} --force"
         )
+    problems = tensor_problems(path, expected_tensors(entry, text and entry.text is not None))
+    if problems:
+        raise WeightsIntegrityError(
+            f"{path} does not hold the {'text ' if text else ''}tensors of {entry.name}: " + "; ".join(problems)
+            + f". Rebuild it: {rebuild} --force"
+        )
+    if fresh:
+        _record_quietly(path, sha)
 
 
-__all__ = ["check", "check_metadata", "file_sha256", "read_metadata", "record", "sidecar_path", "verify"]
+__all__ = [
+    "check", "check_metadata", "expected_tensors", "file_sha256", "read_metadata", "record", "sidecar_path", "tensor_problems", "verify",
+]

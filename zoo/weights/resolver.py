@@ -27,17 +27,17 @@ from zoo import paths
 from zoo.registry import Entry
 from zoo.weights.convert import convert_checkpoint
 from zoo.weights.convert_text import convert_text_checkpoint, text_weights_file
-from zoo.weights.errors import ConversionError, WeightsIntegrityError, WeightsNotFoundError
+from zoo.weights.errors import ConversionError, OutputError, WeightsIntegrityError, WeightsNotFoundError
 from zoo.weights.hub import hub_download
-from zoo.weights.integrity import check, record
-from zoo.weights.source import download_source
+from zoo.weights.integrity import check
+from zoo.weights.source import download_source, not_a_file, refetch_hint
 
 log = logging.getLogger("zoo")
 
 
-def converter_command(entry: Entry, folder: Path | None = None) -> str:
-    """The command that (re)builds an entry's weights file from Meta's checkpoint."""
-    cmd = f"python -m converters.pe_{entry.family} --variant {entry.variant}"
+def converter_command(entry: Entry, folder: Path | None = None, text: bool = False) -> str:
+    """The command that (re)builds an entry's weights file (``text=True``: its CLIP text file alone) from Meta's checkpoint."""
+    cmd = f"python -m converters.pe_{entry.family} --variant {entry.variant}" + (" --text-only" if text else "")
     if folder is not None and folder != paths.weights_dir():
         cmd += f" --out {folder}"
     return cmd
@@ -56,8 +56,11 @@ class Location:
     what: str  # "weights folder", "converted Hub repo", "Meta checkpoint"
     where: str
     path: Path | None  # the local file when present
+    problem: str | None = None  # what stands where the file should be (a folder, a dangling link)
 
     def status(self) -> str:
+        if self.problem is not None:
+            return self.problem
         if self.path is None:
             return "absent" if self.what == "weights folder" else "not in the local Hub cache"
         return "present" if self.what == "weights folder" else f"cached at {self.path}"
@@ -66,7 +69,7 @@ class Location:
 def locate(entry: Entry, weights_dir: str | os.PathLike | None = None) -> list[Location]:
     """Where ``resolve`` looks, in order, with the files present locally (weights folder, Hub cache)."""
     local = paths.weights_dir(weights_dir) / entry.weights.file
-    found = [Location("weights folder", str(local), local if local.is_file() else None)]
+    found = [Location("weights folder", str(local), local if local.is_file() else None, not_a_file(local))]
     hub = [("converted Hub repo", entry.weights.hub_repo, entry.weights.file)] if entry.weights.hub_repo else []
     for what, repo, file in hub + [("Meta checkpoint", entry.source.repo, entry.source.file)]:
         cached = try_to_load_from_cache(repo, file)
@@ -83,7 +86,12 @@ def _convert(entry: Entry, source: Path, folder: Path, force: bool = False, text
         result = (convert_text_checkpoint if text else convert_checkpoint)(entry, source, folder, force=force, source_sha256=known)
     except FileExistsError:  # another process converted it meanwhile; it is verified like any file
         return folder / file
-    record(result.path, result.sha256)
+    except OutputError as e:
+        raise OutputError(
+            f"{e}. The zoo converts Meta's checkpoint into its weights folder once; choose a writable one: "
+            "set ZOO_HOME=DIR (weights go to DIR/weights), or pass weights_dir=DIR (--weights-dir DIR on the command line)",
+            e.folder,
+        ) from None
     return result.path
 
 
@@ -94,7 +102,10 @@ def resolve(entry: Entry, weights_dir: str | os.PathLike | None = None, progress
     folder = paths.weights_dir(weights_dir)
     file = text_weights_file(entry) if text else entry.weights.file
     local = folder / file
-    rebuild = converter_command(entry, folder)
+    rebuild = converter_command(entry, folder, text)
+    problem = not_a_file(local)
+    if problem:
+        raise WeightsNotFoundError(f"{local} {problem}: remove it (or point it at the weights file), then load again")
     if local.is_file():
         try:
             check(local, entry, rebuild, text)
@@ -113,7 +124,10 @@ def resolve(entry: Entry, weights_dir: str | os.PathLike | None = None, progress
         except (OSError, EntryNotFoundError, ValueError) as e:
             looked.append(f"{file} in the Hub repo {entry.weights.hub_repo} ({type(e).__name__})")
         else:
-            check(hub_file, entry, rebuild, text)
+            try:
+                check(hub_file, entry, rebuild, text)
+            except WeightsIntegrityError as e:  # a bad copy in the Hub cache is served again until it is deleted
+                raise WeightsIntegrityError(f"{e}; or {refetch_hint(hub_file)}") from None
             return hub_file
     try:
         source = download_source(entry, progress=progress)
