@@ -2,8 +2,8 @@
 
 The default suite checks every model at depth 2 (tests/test_net_vs_timm.py, tests/test_clip.py); these run
 the real depths on seeded random weights in Meta's layout, in float32. Memory stays near one copy of the
-weights: timm and the zoo net are built on the meta device and take the checkpoint's own tensors. G14
-(1.9 B parameters, 7.5 GB in float32) needs about 9 GB of free memory.
+weights: timm and the zoo net are built on the meta device and take the checkpoint's own tensors. Peak
+memory: 8.7 GB for the G14 tests (1.9 B parameters, 7.5 GB in float32), 8.5 GB for the L14 CLIP test.
 """
 
 import dataclasses
