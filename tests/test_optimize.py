@@ -155,9 +155,9 @@ class OptimizeCalls:
         calls, real = self.calls, OPTIMIZE.OptimizedNet
 
         class Recorded(real):
-            def __init__(self, net, method, use_compile):
-                calls.append(method)
-                super().__init__(net, method, use_compile)
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                calls.append(self.method)
 
         monkeypatch.setattr(OPTIMIZE, "OptimizedNet", Recorded)
 
