@@ -271,3 +271,33 @@ def test_kill_9_then_resume_equals_uninterrupted(photos, tmp_path):
     for name in os.listdir(tmp_path / "full"):
         if name != "manifest.json":
             assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_search_by_text_matches_open_clip(hub, tmp_path):
+    """A text query goes through the collection's PE-Core text tower: the ranking equals open_clip's query
+    against the stored rows (full-size synthetic T16 CLIP weights)."""
+    import open_clip
+
+    from tests.test_clip_load import open_clip_model
+    from zoo.testing.synthetic import meta_clip_state_dict
+    from zoo.weights import convert_text_checkpoint
+
+    state = meta_clip_state_dict(CORE.config, CORE.text, seed=5, dtype=torch.bfloat16)
+    torch.save(state, tmp_path / "clip.pt")
+    convert_checkpoint(CORE, tmp_path / "clip.pt", weights_dir())
+    convert_text_checkpoint(CORE, tmp_path / "clip.pt", weights_dir())
+    rng = np.random.default_rng(1)
+    (tmp_path / "p").mkdir()
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(tmp_path / "p" / f"{i}.png")
+    out = tmp_path / "out"
+    assert embed(str(tmp_path / "p"), "--out", str(out), "--what", "clip", "--store-dtype", "float32", "--workers", "0") == 0
+    hits = zoo.search(out, text="a red bicycle", k=8)
+    ref = open_clip_model(state)
+    with torch.no_grad():
+        q = ref.encode_text(open_clip.get_tokenizer("PE-Core-T-16-384")(["a red bicycle"]))[0].numpy()
+    paths, rows = zoo.read_embeddings(out)
+    ref_scores, ref_index = brute_force(np.asarray(rows), q, 8)
+    assert [h.path for h in hits] == [paths[i] for i in ref_index]
+    assert np.abs(np.array([h.score for h in hits]) - ref_scores).max() < 1e-4

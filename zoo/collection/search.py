@@ -93,7 +93,8 @@ def _text_query(manifest: dict[str, Any], text: str, device: str | None, weights
         )
     from zoo.clip import get_tokenizer, load_pretrained_clip
 
-    model = load_pretrained_clip(manifest["model"], inference=True, device=device, weights_dir=weights_dir)
+    model = load_pretrained_clip(manifest["model"], inference=True, device=device, dtype=getattr(torch, manifest["dtype"]),
+                                 weights_dir=weights_dir)  # the collection's compute dtype, whatever the file's
     tokens = get_tokenizer(manifest["model"])([text]).to(device or "cpu")
     with torch.inference_mode():
         return model.encode_text(tokens).float().cpu().numpy()[0]
