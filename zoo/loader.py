@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +27,18 @@ class ModelInfo:
     family: str  # core, spatial or lang
     signature: dict[str, Any]  # birder's shape: inputs [0, 3, H, W] at the size in use, outputs [0, W]
     rgb_stats: dict[str, list[float]]
-    class_to_idx: dict[str, int]  # empty: these backbones have no classifier
+    class_to_idx: dict[str, int]  # empty for the backbones; a fine-tuned net's classes
     size: tuple[int, int]  # the input size in use (new_size, else the native size)
     native_size: tuple[int, int]  # the training resolution
     embedding_size: int
     patch_size: int
     weights: Path  # the verified file the net was loaded from
+
+    def with_classes(self, class_to_idx: dict[str, int], weights: Path) -> "ModelInfo":
+        """This info for the same net with a classifier head over ``class_to_idx``, loaded from ``weights``."""
+        signature = copy.deepcopy(self.signature)
+        signature["outputs"][0]["data_shape"] = [0, len(class_to_idx)]
+        return dataclasses.replace(self, signature=signature, class_to_idx=dict(class_to_idx), weights=Path(weights))
 
 
 def get_size_from_signature(signature: dict[str, Any]) -> tuple[int, int]:
@@ -75,9 +83,13 @@ def load_entry(
         net = net.to(device=device, dtype=dtype)
     if inference:
         net.eval().requires_grad_(False)
+    return net, _model_info(entry, size, path)
+
+
+def _model_info(entry: Entry, size: tuple[int, int], path: Path) -> ModelInfo:
     signature = copy.deepcopy(entry.signature)
     signature["inputs"][0]["data_shape"] = [0, 3, size[0], size[1]]
-    info = ModelInfo(
+    return ModelInfo(
         name=entry.name,
         family=entry.family,
         signature=signature,
@@ -89,7 +101,6 @@ def load_entry(
         patch_size=entry.config.patch_size,
         weights=path,
     )
-    return net, info
 
 
 def load_pretrained_model(
@@ -102,8 +113,10 @@ def load_pretrained_model(
     weights_dir: str | os.PathLike | None = None,
     progress_bar: bool = True,
     optimize: bool = False,
+    num_classes: int = 0,
+    drop_path_rate: float = 0.0,
 ) -> tuple[PEViT | OptimizedNet, ModelInfo]:
-    """A pretrained net and its ``ModelInfo`` from a registry name.
+    """A pretrained net and its ``ModelInfo`` from a registry name (or the file of a fine-tuned net).
 
     Weights come from the weights folder, the converted Hub repo, or Meta's checkpoint converted on
     the spot (cached), always verified. The net is built on the meta device and the safetensors are
@@ -112,8 +125,54 @@ def load_pretrained_model(
     ``optimize=True``: the net comes wrapped by ``zoo.optimize`` (the fastest ``net(x)`` for its device
     and dtype, in eval mode without gradients; the net itself is at ``.net``).
     """
+    if weights.is_finetuned_path(name):
+        net, info = load_finetuned(
+            name, inference=inference, device=device, dtype=dtype, new_size=new_size,
+            weights_dir=weights_dir, progress_bar=progress_bar, drop_path_rate=drop_path_rate,
+        )
+        return (zoo_optimize(net) if optimize else net), info
     net, info = load_entry(
         get_entry(name), inference=inference, device=device, dtype=dtype,
         new_size=new_size, weights_dir=weights_dir, progress_bar=progress_bar,
     )
     return (zoo_optimize(net) if optimize else net), info
+
+
+def load_finetuned(
+    path: str | os.PathLike,
+    *,
+    inference: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    new_size: int | tuple[int, int] | None = None,
+    weights_dir: str | os.PathLike | None = None,
+    progress_bar: bool = True,
+    drop_path_rate: float = 0.0,
+) -> tuple[PEViT, ModelInfo]:
+    """A net written by ``zoo.finetune`` and its ``ModelInfo`` (``class_to_idx`` filled, size = the training size).
+
+    The file is verified by its recorded sha256; a head-only file (linear probe) gets its backbone from the
+    base checkpoint, resolved and verified as ``load_pretrained_model`` does.
+    """
+    from zoo.models import create_model
+
+    record, tensors = weights.read_finetuned(path)
+    entry = get_entry(record["base"])
+    classes = record["class_to_idx"]
+    state = dict(tensors)
+    if record["tensors"] == "head":
+        base = weights.resolve(entry, weights_dir, progress=progress_bar)
+        if weights.verify(base, entry.weights.sha256, weights.converter_command(entry)) != record["base_sha256"]:
+            logging.getLogger("zoo").warning("%s: the head was trained on other %s weights than %s", path, entry.name, base)
+        state = {**weights.read_tensors(base), **state}
+    net = create_model(entry.name, num_classes=len(classes), drop_path_rate=drop_path_rate, device="meta")
+    try:
+        net.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        raise weights.WeightsIntegrityError(f"{path} does not hold the tensors of a fine-tuned {entry.name} ({e})") from None
+    if device is not None or dtype is not None:
+        net = net.to(device=device, dtype=dtype)
+    if inference:
+        net.eval().requires_grad_(False)
+    size = _input_size(entry, new_size if new_size is not None else tuple(record["size"]))
+    return net, _model_info(entry, size, Path(path)).with_classes(classes, Path(path))

@@ -16,7 +16,7 @@ from zoo.registry import RegistryError, UnknownModelError
 from zoo.version import __version__
 from zoo.weights import ConversionError, WeightsIntegrityError, WeightsNotFoundError
 
-COMMANDS = ("zoo.cli.basic",)
+COMMANDS = ("zoo.cli.basic", "zoo.cli.finetune")
 USER_ERRORS = (UnknownModelError, RegistryError, WeightsNotFoundError, WeightsIntegrityError, ConversionError, ValueError, OSError)
 
 
