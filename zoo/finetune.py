@@ -236,10 +236,14 @@ def _probe(args: FinetuneArgs, train: list, val: list, classes: dict[str, int], 
     net, info = load_pretrained_model(args.name, inference=True, device=device, dtype=DTYPES[args.dtype],
                                       new_size=args.size, weights_dir=args.weights_dir)
     transform = classification_transform(info.size, info.rgb_stats)
-    loader = lambda s: DataLoader(ImageSamples(s, transform), batch_size=args.batch_size, num_workers=args.workers)  # noqa: E731
+
+    def embed(samples: list, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+        loader = DataLoader(ImageSamples(samples, transform), batch_size=args.batch_size, num_workers=args.workers)
+        return _embed(net, loader, device, desc, progress)
+
     started = time.perf_counter()
-    xt, yt = _embed(net, loader(train), device, "embedding train", progress)
-    xv, yv = _embed(net, loader(val), device, "embedding val", progress)
+    xt, yt = embed(train, "embedding train")
+    xv, yv = embed(val, "embedding val")
     log.info("embedded %d train and %d val images once in %.1f s", len(yt), len(yv), time.perf_counter() - started)
     head = nn.Linear(xt.shape[1], len(classes))
     opt = torch.optim.AdamW(head.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
