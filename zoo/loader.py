@@ -66,12 +66,14 @@ def load_entry(
     new_size: int | tuple[int, int] | None = None,
     weights_dir: str | os.PathLike | None = None,
     progress_bar: bool = True,
+    num_classes: int = 0,
+    drop_path_rate: float = 0.0,
 ) -> tuple[PEViT, ModelInfo]:
     """``load_pretrained_model`` for a registry ``Entry`` (see there)."""
     size = _input_size(entry, new_size)
     path = weights.resolve(entry, weights_dir, progress=progress_bar)
     with torch.device("meta"):  # no random init, no memory: the file's tensors are assigned below
-        net = PEViT(entry.config)
+        net = PEViT(entry.config, drop_path_rate=drop_path_rate)
     try:
         net.load_state_dict(weights.read_tensors(path), strict=True, assign=True)
     except RuntimeError as e:
@@ -79,6 +81,8 @@ def load_entry(
             f"{path} does not hold the tensors of {entry.name} ({e}); rebuild it: "
             f"{weights.converter_command(entry, paths.weights_dir(weights_dir))} --force"
         ) from None
+    if num_classes:
+        net.reset_classifier(num_classes)
     if device is not None or dtype is not None:
         net = net.to(device=device, dtype=dtype)
     if inference:
@@ -124,6 +128,8 @@ def load_pretrained_model(
     size (int or (h, w)), reflected in the returned signature. ``dtype``/``device``: converted after loading.
     ``optimize=True``: the net comes wrapped by ``zoo.optimize`` (the fastest ``net(x)`` for its device
     and dtype, in eval mode without gradients; the net itself is at ``.net``).
+    ``num_classes``: a new, randomly initialised linear head over the embedding (for fine-tuning).
+    ``drop_path_rate``: stochastic depth in training mode (see ``PEViT``).
     """
     if weights.is_finetuned_path(name):
         net, info = load_finetuned(
@@ -134,6 +140,7 @@ def load_pretrained_model(
     net, info = load_entry(
         get_entry(name), inference=inference, device=device, dtype=dtype,
         new_size=new_size, weights_dir=weights_dir, progress_bar=progress_bar,
+        num_classes=num_classes, drop_path_rate=drop_path_rate,
     )
     return (zoo_optimize(net) if optimize else net), info
 
