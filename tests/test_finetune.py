@@ -126,6 +126,8 @@ def test_find_images_train_val_layout_and_errors(tmp_path):
 def test_loading_a_changed_or_foreign_file_is_refused(hub, tmp_path, data):
     add_meta_source(hub, CORE, tmp_path)
     result = finetune(FinetuneArgs(name=T16, data=data, out=tmp_path / "p", linear_probe=True, epochs=1, size=64), progress=False)
+    with pytest.raises(ValueError, match="its own head"):
+        zoo.load_pretrained_model(str(result.path), num_classes=5)
     raw = bytearray(result.path.read_bytes())
     raw[-1] ^= 0xFF  # one byte of the head changed
     result.path.write_bytes(bytes(raw))

@@ -132,6 +132,8 @@ def load_pretrained_model(
     ``drop_path_rate``: stochastic depth in training mode (see ``PEViT``).
     """
     if weights.is_finetuned_path(name):
+        if num_classes:
+            raise ValueError(f"{name} is a fine-tuned net with its own head; load it without num_classes, then call net.reset_classifier({num_classes})")
         net, info = load_finetuned(
             name, inference=inference, device=device, dtype=dtype, new_size=new_size,
             weights_dir=weights_dir, progress_bar=progress_bar, drop_path_rate=drop_path_rate,
