@@ -137,3 +137,16 @@ def test_loading_a_changed_or_foreign_file_is_refused(hub, tmp_path, data):
         zoo.load_pretrained_model(str(zoo.weights.resolve(CORE)))
     with pytest.raises(FileNotFoundError, match="no fine-tuned model file"):
         zoo.load_pretrained_model(str(tmp_path / "missing.safetensors"))
+
+
+def test_finetune_with_checkpointing_and_bfloat16(hub, tmp_path, data):
+    """The memory and speed options run the same loop: autocast bfloat16 with float32 weights, blocks recomputed."""
+    add_meta_source(hub, CORE, tmp_path)
+    args = FinetuneArgs(name=T16, data=data, out=tmp_path / "o", epochs=1, batch_size=16, size=32, lr=1e-3,
+                        grad_checkpointing=True, dtype="bfloat16")
+    result = finetune(args, progress=False)
+    assert result.net.grad_checkpointing and {p.dtype for p in result.net.parameters()} == {torch.float32}
+    loss = result.metrics["epochs"][0]["train_loss"]
+    assert 0 < loss < 10
+    meta = json.loads(read_metadata(result.path)["finetune"])
+    assert meta["args"]["grad_checkpointing"] and meta["args"]["dtype"] == "bfloat16" and meta["size"] == [32, 32]
