@@ -50,11 +50,16 @@ def get_size_from_signature(signature: dict[str, Any]) -> tuple[int, int]:
 def _input_size(entry: Entry, new_size: int | tuple[int, int] | None) -> tuple[int, int]:
     if new_size is None:
         return entry.size
-    size = (new_size, new_size) if isinstance(new_size, int) else tuple(new_size)
     P = entry.config.patch_size
-    if len(size) != 2 or not all(isinstance(s, int) and s > 0 and s % P == 0 for s in size):
+    sides = [new_size, new_size] if hasattr(new_size, "__index__") else new_size
+    if isinstance(new_size, (bool, str, bytes)) or not hasattr(sides, "__len__") or len(sides) != 2 or not all(
+        hasattr(s, "__index__") and not isinstance(s, bool) for s in sides
+    ):
+        raise TypeError(f"new_size must be an integer or a (height, width) pair of integers, got {type(new_size).__name__} {new_size!r}")
+    size = (sides[0].__index__(), sides[1].__index__())
+    if not all(s > 0 and s % P == 0 for s in size):
         raise ValueError(f"new_size {new_size!r} must be an int or (height, width) of positive multiples of the patch size {P}")
-    return size  # type: ignore[return-value]
+    return size
 
 
 def load_entry(

@@ -336,6 +336,9 @@ class PEViT(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head: a linear layer over ``embedding`` (identity for 0 classes)."""
+        num_classes = _index(num_classes, "num_classes")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0: no head), got {num_classes}")
         p = self.patch_embed.weight
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes, device=p.device, dtype=p.dtype) if num_classes else nn.Identity()
@@ -468,7 +471,7 @@ class PEViT(nn.Module):
         return self.head(self.embedding(x))
 
     def _to_map(self, tokens: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
-        return tokens[:, self.cfg.num_prefix_tokens :].transpose(1, 2).reshape(tokens.shape[0], -1, gh, gw)
+        return tokens[:, self.cfg.num_prefix_tokens :].transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], gh, gw)
 
     def detection_features(self, x: torch.Tensor, layers: list[int] | None = None) -> dict[str, torch.Tensor]:
         """Dense feature maps [B, W, H/P, W/P].
@@ -485,8 +488,9 @@ class PEViT(nn.Module):
             raise ValueError(f"layers must name at least one block index in [-{depth}, {depth - 1}]")
         wanted = []
         for i in layers:
-            if not isinstance(i, int) or not -depth <= i < depth:
-                raise ValueError(f"layer {i!r} is out of range: this model has {depth} blocks, valid indices are [-{depth}, {depth - 1}]")
+            i = _index(i, "each layer")
+            if not -depth <= i < depth:
+                raise ValueError(f"layer {i} is out of range: this model has {depth} blocks, valid indices are [-{depth}, {depth - 1}]")
             wanted.append(i % depth)
         _, taps, (gh, gw) = self._tokens(x, set(wanted))
         return {f"block{i}": self._to_map(taps[i], gh, gw) for i in wanted}
