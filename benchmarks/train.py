@@ -9,7 +9,8 @@ Each case runs in its own process: ``--steps`` steps, the first one a warm-up (i
 that is not timed; peak memory is the process's peak RSS (``ru_maxrss``) after the last step, and "step memory" is
 that peak minus the RSS before the first step (model, data and libraries already resident).
 
-    python benchmarks/train.py [--cases classify detect] [--dtype float32 bfloat16] [--steps 3]
+    python benchmarks/train.py [--cases classify detect] [--dtype float32 bfloat16] [--steps 3] [--batch 32]
+    python benchmarks/train.py --interleave 5 --batch 8   # time only: off/on alternating in one process
 """
 
 from __future__ import annotations
@@ -86,6 +87,33 @@ def child(case: str, dtype: str, checkpointing: bool, steps: int, batch: int) ->
             "threads": torch.get_num_threads()}
 
 
+def interleaved(dtype: str, rounds: int, batch: int) -> None:
+    """Time alone, in one process: B16 classification steps alternating checkpointing off and on (A/B under the same load)."""
+    import zoo
+
+    torch.manual_seed(0)
+    model = zoo.create_model(B16, num_classes=10).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    x, y = torch.randn(batch, 3, 224, 224), torch.randint(0, 10, (batch,))
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(rounds + 1):
+        for ckpt in ((False, True) if i % 2 else (True, False)):
+            model.set_grad_checkpointing(ckpt)
+            t = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if i:  # round 0 warms up both
+                times[ckpt].append(time.perf_counter() - t)
+    ratios = [on / off for on, off in zip(times[True], times[False])]
+    print(f"B16 224px batch {batch} {dtype}, {rounds} interleaved rounds: s/step off {statistics.median(times[False]):.2f} "
+          f"(min {min(times[False]):.2f}, max {max(times[False]):.2f}), on {statistics.median(times[True]):.2f} "
+          f"(min {min(times[True]):.2f}, max {max(times[True]):.2f}); on/off per round min {min(ratios):.2f} "
+          f"median {statistics.median(ratios):.2f} max {max(ratios):.2f}", flush=True)
+
+
 def run_case(case: str, dtype: str, checkpointing: bool, steps: int, batch: int) -> dict:
     cmd = [sys.executable, __file__, "--child", case, dtype, str(int(checkpointing)), "--steps", str(steps), "--batch", str(batch)]
     env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -102,8 +130,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="steps per process, the first not timed (default 3)")
     p.add_argument("--batch", type=int, default=32, help="classification batch size (default 32)")
     p.add_argument("--json", type=Path, help="also write every result to this file")
+    p.add_argument("--interleave", type=int, metavar="ROUNDS",
+                   help="instead: time checkpointing off/on alternately in one process (memory not measured)")
     p.add_argument("--child", nargs=3, metavar=("CASE", "DTYPE", "CKPT"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.interleave:
+        for dtype in args.dtype:
+            interleaved(dtype, args.interleave, args.batch)
+        return
     if args.child:
         case, dtype, ckpt = args.child
         print(json.dumps(child(case, dtype, bool(int(ckpt)), args.steps, args.batch)))
