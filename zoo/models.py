@@ -13,15 +13,19 @@ def create_model(
     name: str,
     *,
     num_classes: int = 0,
+    drop_path_rate: float = 0.0,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> PEViT:
     """A net of a registry entry with random weights; ``device="meta"`` builds it without memory.
 
-    ``net.pretrained_cfg`` is its timm-style data config (``zoo.transforms.pretrained_cfg``)."""
+    ``num_classes``: a linear head over the embedding (0: none). ``drop_path_rate``: stochastic depth
+    for fine-tuning (see ``PEViT``). ``net.pretrained_cfg`` is its timm-style data config
+    (``zoo.transforms.pretrained_cfg``).
+    """
     entry = get_entry(name)
     with torch.device(device or "cpu"):
-        net = PEViT(entry.config)
+        net = PEViT(entry.config, drop_path_rate=drop_path_rate)
         if num_classes:
             net.reset_classifier(num_classes)
     net.pretrained_cfg = pretrained_cfg(entry.size, entry.rgb_stats, net.num_classes)

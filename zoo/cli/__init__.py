@@ -17,7 +17,7 @@ from zoo.version import __version__
 from zoo.weights import ConversionError, WeightsIntegrityError, WeightsNotFoundError
 from zoo.weights.writer import exit_on_sigterm
 
-COMMANDS = ("zoo.cli.basic", "zoo.cli.collection")
+COMMANDS = ("zoo.cli.basic", "zoo.cli.collection", "zoo.cli.finetune")
 USER_ERRORS = (UnknownModelError, RegistryError, WeightsNotFoundError, WeightsIntegrityError, ConversionError, ValueError, OSError)
 
 

@@ -7,12 +7,15 @@ interleaved RoPE on q/k -> (Core) ln_post and 8-head attention pooling.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils import _pytree as pytree
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass(frozen=True)
@@ -73,44 +76,109 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return torch.addcmul(x * cos, swapped, sin)
 
 
-class Linear(nn.Linear):
-    """``nn.Linear`` that runs CPU inference on a cached oneDNN-packed copy of its weight.
+class _PackedWeight(nn.Parameter):
+    """A ``Linear`` weight in oneDNN's packed layout, held by the weight's own ``Parameter`` object.
 
-    Same parameters and state dict as ``nn.Linear``. The packed copy (the weight's size again) is
-    built on the first no-grad CPU call and rebuilt when the weight changes; set ``Linear.pack =
-    False`` (here or on one module) to keep plain ``F.linear``. An optional exact (erf) GELU and a
-    residual add are fused into the matmul.
+    Only ``Linear.forward`` computes with it. Any other use (reading, writing, ``.data``, ``copy_``,
+    an optimizer, ``state_dict``, ``.to``) first turns the parameter back into a plain tensor in
+    place, then runs: the values live in one place only, so nothing can read a stale copy.
+    Metadata (shape, dtype, device, ``requires_grad``, ``grad``) is answered without unpacking.
     """
 
-    _packed: tuple[tuple, torch.Tensor] | None = None
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func in _METADATA:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **(kwargs or {}))
+        for a in pytree.tree_leaves((args, kwargs)):
+            if type(a) is _PackedWeight:
+                _unpack(a)
+        return func(*args, **(kwargs or {}))
+
+    def __deepcopy__(self, memo: dict) -> nn.Parameter:
+        _unpack(self)
+        return self.__deepcopy__(memo)
+
+    def __reduce_ex__(self, proto: Any) -> Any:
+        _unpack(self)
+        return self.__reduce_ex__(proto)
+
+
+_T = torch.Tensor
+_METADATA = frozenset({
+    _T.shape.__get__, _T.dtype.__get__, _T.device.__get__, _T.layout.__get__, _T.requires_grad.__get__,
+    _T.grad.__get__, _T.is_leaf.__get__, _T.is_mkldnn.__get__, _T.size, _T.dim, _T.numel, _T.nelement,
+    _T.ndim.__get__, _T.is_cuda.__get__,
+})
+
+
+def _swap(param: torch.Tensor, value: torch.Tensor, cls: type) -> None:
+    """Give ``param`` the contents ``value`` and the class ``cls`` in place (same object, attributes kept)."""
+    with torch._C.DisableTorchFunctionSubclass():
+        attrs = param.__dict__
+        torch.utils.swap_tensors(param, cls(value, requires_grad=param.requires_grad))
+        param.__dict__ = attrs
+
+
+def _unpack(param: _PackedWeight) -> None:
+    with torch._C.DisableTorchFunctionSubclass(), torch.no_grad():
+        _swap(param, param.to_dense(), nn.Parameter)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` whose weight is packed in place for oneDNN on CPU inference.
+
+    Same parameters and state dict as ``nn.Linear``. On the first no-grad CPU call (float32 or
+    bfloat16) the weight parameter *becomes* its oneDNN-packed form (same ``Parameter`` object, no
+    second copy); any use of it other than this layer's no-grad CPU matmul turns it back into a plain
+    tensor first (see ``_PackedWeight``), and the next no-grad call packs it again. So a packed weight
+    is never stale and never doubles the memory. A call that needs gradients always runs plain
+    ``F.linear``. Set ``Linear.pack = False`` (here or on one module) to keep plain ``F.linear``. An
+    optional exact (erf) GELU and a residual add are fused into the matmul.
+    """
+
     pack = True
 
-    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor | None:
-        w = self.weight
-        if (
+    def _packable(self, x: torch.Tensor, w: torch.Tensor) -> bool:
+        return not (
             torch.compiler.is_compiling()  # compiled graphs pack their own weights (inductor freezing)
+            or torch.jit.is_tracing()
             or not (_ONEDNN and self.pack)
             or x.device.type != "cpu"
             or x.dtype != w.dtype
             or w.dtype not in (torch.float32, torch.bfloat16)
             or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
-        ):
-            return None
-        key = (w.data_ptr(), -1 if w.is_inference() else w._version, w.dtype)
-        if self._packed is None or self._packed[0] != key:
-            self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), x.numel() // x.shape[-1]))
-        return self._packed[1]
+            or w.grad is not None  # mid-step (backward done, optimizer step to come): leave it plain
+        )
 
     def forward(self, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
-        packed = self._packed_weight(x)
-        if packed is None:
-            y = F.linear(x, self.weight, self.bias)
+        w, bias = self.weight, self.bias
+        packable = self._packable(x, w)
+        if packable and type(w) is not _PackedWeight and not weakref.getweakrefs(w):
+            try:
+                with torch.no_grad():
+                    _swap(w, torch.ops.mkldnn._reorder_linear_weight(w.detach(), x.numel() // x.shape[-1]), _PackedWeight)
+            except RuntimeError:  # the plain weight is held elsewhere (e.g. by an autograd graph): stay plain
+                pass
+        if not (packable and type(w) is _PackedWeight):
+            y = F.linear(x, w, bias)  # unpacks a packed weight first
             y = F.gelu(y) if gelu else y
             return y if residual is None else residual + y
-        if residual is not None and not gelu:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed, self.bias, "add")
-        y = torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+        with torch._C.DisableTorchFunctionSubclass():
+            if residual is not None and not gelu:
+                return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, bias, "add")
+            y = torch.ops.mkldnn._linear_pointwise(x, w, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
         return y if residual is None else residual + y
+
+
+def set_packing(module: nn.Module, enabled: bool) -> None:
+    """Turn in-place weight packing on or off for every ``Linear`` in ``module`` (off: packed weights
+    become plain tensors now). Compiled or exported graphs need plain weights that stay plain."""
+    for m in module.modules():
+        if isinstance(m, Linear):
+            m.pack = enabled
+            if not enabled and type(m.weight) is _PackedWeight:
+                _unpack(m.weight)
 
 
 @torch.no_grad()
@@ -162,8 +230,15 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
+def drop_path(x: torch.Tensor, rate: float) -> torch.Tensor:
+    """Stochastic depth: zero each sample's ``x`` with probability ``rate``, scale the kept ones by 1/(1-rate)."""
+    keep = 1.0 - rate
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
 class Block(nn.Module):
-    def __init__(self, cfg: PEConfig) -> None:
+    def __init__(self, cfg: PEConfig, drop_path_rate: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.attn = Attention(cfg.width, cfg.heads)
@@ -171,13 +246,20 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.mlp = Mlp(cfg.width, cfg.mlp_dim)
         self.ls2 = LayerScale(cfg.width) if cfg.layer_scale else nn.Identity()
+        self.drop_path = drop_path_rate  # on both residual branches, in training mode only
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        if self.training and self.drop_path > 0:
+            x = x + drop_path(self.ls1(self.attn(self.norm1(x), rope)), self.drop_path)
+            return x + drop_path(self.ls2(self.mlp(self.norm2(x))), self.drop_path)
         if isinstance(self.ls1, LayerScale):
             x = torch.addcmul(x, self.attn(self.norm1(x), rope), self.ls1.gamma)
             return torch.addcmul(x, self.mlp(self.norm2(x)), self.ls2.gamma)
         x = self.attn(self.norm1(x), rope, residual=x)  # residual adds fused into the output projections
         return self.mlp(self.norm2(x), residual=x)
+
+    def extra_repr(self) -> str:
+        return f"drop_path={self.drop_path:g}" if self.drop_path else ""
 
 
 class AttentionPool(nn.Module):
@@ -203,10 +285,16 @@ class AttentionPool(nn.Module):
 
 
 class PEViT(nn.Module):
-    """Perception Encoder vision tower (Core, Spatial and Lang variants)."""
+    """Perception Encoder vision tower (Core, Spatial and Lang variants).
 
-    def __init__(self, cfg: PEConfig) -> None:
+    ``drop_path_rate``: stochastic depth on both residual branches of every block, rising linearly
+    from 0 at the first block to ``drop_path_rate`` at the last, in training mode only.
+    """
+
+    def __init__(self, cfg: PEConfig, drop_path_rate: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
         self.cfg = cfg
         W = cfg.width
         self.patch_size = cfg.patch_size
@@ -215,7 +303,9 @@ class PEViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(W)) if cfg.cls_token else None
         self.pos_embed = nn.Parameter(torch.zeros(cfg.num_prefix_tokens + cfg.grid**2, W))
         self.norm_pre = nn.LayerNorm(W, eps=cfg.norm_eps)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(
+            Block(cfg, drop_path_rate * i / max(cfg.depth - 1, 1)) for i in range(cfg.depth)
+        )
         self.norm_post = nn.LayerNorm(W, eps=cfg.norm_eps) if cfg.ln_post else nn.Identity()
         self.attn_pool = (
             AttentionPool(W, cfg.pool_heads, cfg.pool_mlp_dim or 4 * W, cfg.norm_eps) if cfg.pool == "attn" else None
@@ -223,6 +313,8 @@ class PEViT(nn.Module):
         self.clip_proj = Linear(W, cfg.clip_dim, bias=False) if cfg.clip_dim else None
         self.head: nn.Module = nn.Identity()
         self.num_classes = 0
+        self.grad_checkpointing = False
+        self._frozen: tuple[str, ...] = ()  # submodules kept frozen and in eval mode by freeze()
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         if self.patch_embed.weight.device.type != "meta":
             self.init_weights()
@@ -244,6 +336,9 @@ class PEViT(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head: a linear layer over ``embedding`` (identity for 0 classes)."""
+        num_classes = _index(num_classes, "num_classes")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0: no head), got {num_classes}")
         p = self.patch_embed.weight
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes, device=p.device, dtype=p.dtype) if num_classes else nn.Identity()
@@ -252,6 +347,42 @@ class PEViT(nn.Module):
         """Parameter count of the vision tower, without the CLIP projection and head."""
         skip = {id(p) for m in (self.clip_proj, self.head) if m is not None for p in m.parameters()}
         return sum(p.numel() for p in self.parameters() if id(p) not in skip)
+
+    # ----------------------------------------------------------- fine-tuning
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them."""
+        self.grad_checkpointing = bool(enable)
+
+    def freeze(self, blocks: int | None = None) -> None:
+        """Freeze part of the net: no gradients, and eval behaviour (no drop path) even in ``train()``.
+
+        ``blocks=None``: everything but the head (a linear probe). ``blocks=k``: the stem (patch and
+        position embeddings, class token, ``norm_pre``) and the first ``k`` blocks. Each call sets the
+        frozen part anew (what an earlier call froze is trainable again unless frozen now).
+        """
+        depth = len(self.blocks)
+        if blocks is not None:
+            blocks = _index(blocks, "blocks")
+            if not 0 <= blocks <= depth:
+                raise ValueError(f"blocks must be in [0, {depth}] (this model has {depth} blocks), got {blocks}")
+        self.requires_grad_(True)
+        if blocks is None:
+            names = tuple(n for n, _ in self.named_children() if n != "head")
+            params = [p for n, p in self.named_parameters() if not n.startswith("head.")]
+        else:
+            names = ("patch_embed", "norm_pre", *(f"blocks.{i}" for i in range(blocks)))
+            stem = [p for p in (self.cls_token, self.pos_embed) if p is not None]
+            params = stem + [p for n in names for p in self.get_submodule(n).parameters()]
+        for p in params:
+            p.requires_grad_(False)
+        self._frozen = names
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "PEViT":
+        super().train(mode)
+        for name in self._frozen:
+            self.get_submodule(name).train(False)
+        return self
 
     # ------------------------------------------------------------- geometry
     def _grid(self, x: torch.Tensor) -> tuple[int, int]:
@@ -307,7 +438,10 @@ class PEViT(nn.Module):
         taps: dict[int, torch.Tensor] = {}
         last = max(layers) if layers else len(self.blocks) - 1
         for i, blk in enumerate(self.blocks[: last + 1]):
-            x = blk(x, rope)
+            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                x = checkpoint(blk, x, rope, use_reentrant=False)
+            else:
+                x = blk(x, rope)
             if layers and i in layers:
                 taps[i] = x
         return x, taps, (gh, gw)
@@ -337,7 +471,7 @@ class PEViT(nn.Module):
         return self.head(self.embedding(x))
 
     def _to_map(self, tokens: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
-        return tokens[:, self.cfg.num_prefix_tokens :].transpose(1, 2).reshape(tokens.shape[0], -1, gh, gw)
+        return tokens[:, self.cfg.num_prefix_tokens :].transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], gh, gw)
 
     def detection_features(self, x: torch.Tensor, layers: list[int] | None = None) -> dict[str, torch.Tensor]:
         """Dense feature maps [B, W, H/P, W/P].
@@ -354,11 +488,19 @@ class PEViT(nn.Module):
             raise ValueError(f"layers must name at least one block index in [-{depth}, {depth - 1}]")
         wanted = []
         for i in layers:
-            if not isinstance(i, int) or not -depth <= i < depth:
-                raise ValueError(f"layer {i!r} is out of range: this model has {depth} blocks, valid indices are [-{depth}, {depth - 1}]")
+            i = _index(i, "each layer")
+            if not -depth <= i < depth:
+                raise ValueError(f"layer {i} is out of range: this model has {depth} blocks, valid indices are [-{depth}, {depth - 1}]")
             wanted.append(i % depth)
         _, taps, (gh, gw) = self._tokens(x, set(wanted))
         return {f"block{i}": self._to_map(taps[i], gh, gw) for i in wanted}
 
 
-__all__ = ["PEConfig", "PEViT"]
+def _index(value: Any, what: str) -> int:
+    """An integral number (int, numpy integer, integral float refused) as an int, else a TypeError."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{what} must be an integer, got {type(value).__name__} {value!r}")
+    return value.__index__()
+
+
+__all__ = ["PEConfig", "PEViT", "set_packing"]

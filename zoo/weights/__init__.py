@@ -13,6 +13,7 @@ from zoo.weights.convert import (
 )
 from zoo.weights.convert_text import convert_text_checkpoint, meta_text_to_zoo, text_weights_file
 from zoo.weights.errors import ConversionError, OutputError, WeightsIntegrityError, WeightsNotFoundError, first_line
+from zoo.weights.finetuned import is_finetuned_path, read_finetuned, write_finetuned
 from zoo.weights.integrity import check, check_metadata, file_sha256, read_metadata, record, sidecar_path, verify
 from zoo.weights.resolver import Location, converter_command, locate, read_tensors, resolve
 from zoo.weights.source import download_source, load_source, unwrap_state_dict
@@ -21,7 +22,7 @@ from zoo.weights.writer import TensorSpec, exit_on_sigterm, remove_stale_partial
 __all__ = [
     "CONVERTER_VERSION", "ConversionError", "ConvertResult", "Location", "OutputError", "TensorSpec", "WeightsIntegrityError",
     "WeightsNotFoundError", "check", "exit_on_sigterm", "first_line", "remove_stale_partials", "check_metadata", "convert_checkpoint", "convert_text_checkpoint", "converter_command",
-    "download_source", "file_metadata", "file_sha256", "guess_entry", "load_source", "locate", "map_vision_key",
+    "download_source", "file_metadata", "file_sha256", "guess_entry", "is_finetuned_path", "read_finetuned", "write_finetuned", "load_source", "locate", "map_vision_key",
     "meta_text_to_zoo", "meta_to_zoo", "output_path", "plan_conversion", "read_metadata", "read_tensors", "record",
     "resolve", "sidecar_path", "split_vision", "text_weights_file", "unwrap_state_dict", "verify", "write_safetensors",
 ]
