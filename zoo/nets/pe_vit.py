@@ -67,6 +67,10 @@ class PEConfig:
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+# True while ``torch.export`` (and so ``torch.onnx.export``) traces, when sizes may be symbolic (older torch: never).
+_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+
+
 def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent channel pairs (a, b) -> (a cos - b sin, b cos + a sin); ``sin`` carries the signs."""
     swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
@@ -270,9 +274,10 @@ class PEViT(nn.Module):
 
     def rope_tables(self, gh: int, gw: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin tables [N, head_dim] (one value per channel, pairs interleaved) for a
-        (gh, gw) grid, built once per grid, device and dtype."""
+        (gh, gw) grid, built once per grid, device and dtype (inside the graph, uncached, under
+        ``torch.export``, where the grid may be symbolic)."""
         key = (gh, gw, device, dtype)
-        if key not in self._rope_cache:
+        if _exporting() or key not in self._rope_cache:
             hd = self.embed_dim // self.cfg.heads
             quarter = hd // 4
             freqs = self.cfg.rope_theta ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
@@ -284,12 +289,15 @@ class PEViT(nn.Module):
             angles = torch.cat([pos[:, :1] * freqs, pos[:, 1:] * freqs], dim=1)  # x angles, then y angles
             cos = angles.cos().repeat_interleave(2, dim=1)
             sin = torch.stack([-angles.sin(), angles.sin()], dim=-1).flatten(1)  # (a, b) -> (-b sin, a sin)
-            self._rope_cache[key] = (cos.to(device, dtype), sin.to(device, dtype))
+            tables = (cos.to(device, dtype), sin.to(device, dtype))
+            if _exporting():
+                return tables
+            self._rope_cache[key] = tables
         return self._rope_cache[key]
 
     def _pos_embed(self, gh: int, gw: int) -> torch.Tensor:
         G = self.cfg.grid
-        if (gh, gw) == (G, G):
+        if not _exporting() and (gh, gw) == (G, G):  # exported graphs always resample (exact at G x G)
             return self.pos_embed
         prefix, grid = self.pos_embed[: self.cfg.num_prefix_tokens], self.pos_embed[self.cfg.num_prefix_tokens :]
         grid = grid.reshape(1, G, G, -1).permute(0, 3, 1, 2)
