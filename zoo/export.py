@@ -207,7 +207,8 @@ def _quiet_export() -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------- ONNX
-def _import_onnx():
+def require_onnx():
+    """The ``onnxruntime`` module; ``MissingExtraError`` naming the extra when the ``[onnx]`` extra is missing."""
     try:
         import onnx  # noqa: F401
         import onnxruntime
@@ -219,7 +220,7 @@ def _import_onnx():
 
 def _ort_session(path: Path, threads: int | None = None):
     """An ONNX Runtime CPU session with all graph optimisations on."""
-    ort = _import_onnx()
+    ort = require_onnx()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only (not its notes on kernels it falls back from)
@@ -248,7 +249,7 @@ def to_onnx(
     ``external_data``: weights in ``<file>.data`` beside the model (default: when they exceed ONNX's 2 GB limit).
     The input is named ``image`` (``tokens`` for a text tower), the outputs after the method. Returns the path.
     """
-    _import_onnx()
+    require_onnx()
     path = Path(path)
     spec = _Spec(net, method, size, dynamic, layers)
     if spec.dtype == torch.bfloat16:
@@ -314,4 +315,6 @@ def to_pt2(
     return path
 
 
-__all__ = ["DYNAMIC", "METHODS", "ExportError", "MissingExtraError", "default_method", "to_onnx", "to_pt2", "tolerance"]
+__all__ = [
+    "DYNAMIC", "METHODS", "ExportError", "MissingExtraError", "default_method", "require_onnx", "to_onnx", "to_pt2", "tolerance",
+]

@@ -32,6 +32,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from zoo import export
 
     fmt = _format(args)
+    if fmt == "onnx":
+        export.require_onnx()  # before loading any weights
     dtype = DTYPES[args.dtype]
     if args.text:
         if args.method or args.size or args.layers or args.dynamic != "batch":
