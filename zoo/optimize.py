@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-from zoo.nets.pe_vit import PEViT
+from zoo.nets.pe_vit import PEViT, set_packing
 
 Mode = Literal["auto", "compile", "eager"]
 METHODS = ("forward", "embedding", "clip_embedding", "forward_features")
@@ -28,6 +28,7 @@ class OptimizedNet:
         self._eager = getattr(net, method)
         self.compiled = use_compile
         if self.compiled:
+            set_packing(net, False)  # the graph's own frozen copies; eager calls stay on plain weights
             try:
                 # dynamic=False: a static graph per input shape (torch keeps up to
                 # torch._dynamo.config.recompile_limit of them, then runs eager).

@@ -7,12 +7,14 @@ interleaved RoPE on q/k -> (Core) ln_post and 8-head attention pooling.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils import _pytree as pytree
 
 
 @dataclass(frozen=True)
@@ -77,44 +79,109 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return torch.addcmul(x * cos, swapped, sin)
 
 
-class Linear(nn.Linear):
-    """``nn.Linear`` that runs CPU inference on a cached oneDNN-packed copy of its weight.
+class _PackedWeight(nn.Parameter):
+    """A ``Linear`` weight in oneDNN's packed layout, held by the weight's own ``Parameter`` object.
 
-    Same parameters and state dict as ``nn.Linear``. The packed copy (the weight's size again) is
-    built on the first no-grad CPU call and rebuilt when the weight changes; set ``Linear.pack =
-    False`` (here or on one module) to keep plain ``F.linear``. An optional exact (erf) GELU and a
-    residual add are fused into the matmul.
+    Only ``Linear.forward`` computes with it. Any other use (reading, writing, ``.data``, ``copy_``,
+    an optimizer, ``state_dict``, ``.to``) first turns the parameter back into a plain tensor in
+    place, then runs: the values live in one place only, so nothing can read a stale copy.
+    Metadata (shape, dtype, device, ``requires_grad``, ``grad``) is answered without unpacking.
     """
 
-    _packed: tuple[tuple, torch.Tensor] | None = None
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func in _METADATA:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **(kwargs or {}))
+        for a in pytree.tree_leaves((args, kwargs)):
+            if type(a) is _PackedWeight:
+                _unpack(a)
+        return func(*args, **(kwargs or {}))
+
+    def __deepcopy__(self, memo: dict) -> nn.Parameter:
+        _unpack(self)
+        return self.__deepcopy__(memo)
+
+    def __reduce_ex__(self, proto: Any) -> Any:
+        _unpack(self)
+        return self.__reduce_ex__(proto)
+
+
+_T = torch.Tensor
+_METADATA = frozenset({
+    _T.shape.__get__, _T.dtype.__get__, _T.device.__get__, _T.layout.__get__, _T.requires_grad.__get__,
+    _T.grad.__get__, _T.is_leaf.__get__, _T.is_mkldnn.__get__, _T.size, _T.dim, _T.numel, _T.nelement,
+    _T.ndim.__get__, _T.is_cuda.__get__,
+})
+
+
+def _swap(param: torch.Tensor, value: torch.Tensor, cls: type) -> None:
+    """Give ``param`` the contents ``value`` and the class ``cls`` in place (same object, attributes kept)."""
+    with torch._C.DisableTorchFunctionSubclass():
+        attrs = param.__dict__
+        torch.utils.swap_tensors(param, cls(value, requires_grad=param.requires_grad))
+        param.__dict__ = attrs
+
+
+def _unpack(param: _PackedWeight) -> None:
+    with torch._C.DisableTorchFunctionSubclass(), torch.no_grad():
+        _swap(param, param.to_dense(), nn.Parameter)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` whose weight is packed in place for oneDNN on CPU inference.
+
+    Same parameters and state dict as ``nn.Linear``. On the first no-grad CPU call (float32 or
+    bfloat16) the weight parameter *becomes* its oneDNN-packed form (same ``Parameter`` object, no
+    second copy); any use of it other than this layer's no-grad CPU matmul turns it back into a plain
+    tensor first (see ``_PackedWeight``), and the next no-grad call packs it again. So a packed weight
+    is never stale and never doubles the memory. A call that needs gradients always runs plain
+    ``F.linear``. Set ``Linear.pack = False`` (here or on one module) to keep plain ``F.linear``. An
+    optional exact (erf) GELU and a residual add are fused into the matmul.
+    """
+
     pack = True
 
-    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor | None:
-        w = self.weight
-        if (
+    def _packable(self, x: torch.Tensor, w: torch.Tensor) -> bool:
+        return not (
             torch.compiler.is_compiling()  # compiled graphs pack their own weights (inductor freezing)
+            or torch.jit.is_tracing()
             or not (_ONEDNN and self.pack)
             or x.device.type != "cpu"
             or x.dtype != w.dtype
             or w.dtype not in (torch.float32, torch.bfloat16)
             or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
-        ):
-            return None
-        key = (w.data_ptr(), -1 if w.is_inference() else w._version, w.dtype)
-        if self._packed is None or self._packed[0] != key:
-            self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), x.numel() // x.shape[-1]))
-        return self._packed[1]
+            or w.grad is not None  # mid-step (backward done, optimizer step to come): leave it plain
+        )
 
     def forward(self, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
-        packed = self._packed_weight(x)
-        if packed is None:
-            y = F.linear(x, self.weight, self.bias)
+        w, bias = self.weight, self.bias
+        packable = self._packable(x, w)
+        if packable and type(w) is not _PackedWeight and not weakref.getweakrefs(w):
+            try:
+                with torch.no_grad():
+                    _swap(w, torch.ops.mkldnn._reorder_linear_weight(w.detach(), x.numel() // x.shape[-1]), _PackedWeight)
+            except RuntimeError:  # the plain weight is held elsewhere (e.g. by an autograd graph): stay plain
+                pass
+        if not (packable and type(w) is _PackedWeight):
+            y = F.linear(x, w, bias)  # unpacks a packed weight first
             y = F.gelu(y) if gelu else y
             return y if residual is None else residual + y
-        if residual is not None and not gelu:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed, self.bias, "add")
-        y = torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+        with torch._C.DisableTorchFunctionSubclass():
+            if residual is not None and not gelu:
+                return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, bias, "add")
+            y = torch.ops.mkldnn._linear_pointwise(x, w, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
         return y if residual is None else residual + y
+
+
+def set_packing(module: nn.Module, enabled: bool) -> None:
+    """Turn in-place weight packing on or off for every ``Linear`` in ``module`` (off: packed weights
+    become plain tensors now). Compiled or exported graphs need plain weights that stay plain."""
+    for m in module.modules():
+        if isinstance(m, Linear):
+            m.pack = enabled
+            if not enabled and type(m.weight) is _PackedWeight:
+                _unpack(m.weight)
 
 
 @torch.no_grad()
