@@ -18,6 +18,7 @@ from tests.oracle import timm_model, timm_outputs
 from tests.weights_env import CORE, SMALL_TEXT, SPATIAL, hub, write_meta_checkpoint  # noqa: F401 (fixture)
 from zoo.__main__ import main
 from zoo.export import ExportError, to_onnx, to_pt2
+from zoo.nets.pe_vit import Linear
 from zoo.nets.text import PEText
 from zoo.paths import weights_dir
 from zoo.testing.synthetic import meta_vision_state_dict
@@ -178,6 +179,8 @@ def test_eager_net_unchanged_by_export(nets, tmp_path):
     assert all(not isinstance(t, torch._subclasses.FakeTensor) for pair in net._rope_cache.values() for t in pair)
     np.testing.assert_array_equal(eager(net, "embedding", x)[0], before[0])
     assert not net.training
+    linears = [m for m in net.modules() if isinstance(m, Linear)]
+    assert linears and all(m.pack and "pack" not in vars(m) for m in linears)  # packing settings given back
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt2"])

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zoo.nets.pe_vit import PEViT
+from zoo.nets.pe_vit import Linear, PEViT, set_packing
 from zoo.nets.text import PEText
 
 log = logging.getLogger("zoo")
@@ -150,13 +150,22 @@ class _Spec:
 
 
 @contextlib.contextmanager
-def _eval(net: nn.Module) -> Iterator[None]:
-    """Trace in eval mode; give the net back in the mode it came in."""
+def _traceable(net: nn.Module) -> Iterator[None]:
+    """Trace in eval mode on plain weights (no oneDNN-packed ``Linear`` weight can reach the graph);
+    the net gets its mode and packing settings back afterwards."""
+    linears = [m for m in net.modules() if isinstance(m, Linear)]
+    own = [m.__dict__.get("pack") for m in linears]  # a per-module setting, or None: the class default
     was_training = net.training
+    set_packing(net, False)
     net.eval()
     try:
         yield
     finally:
+        for m, pack in zip(linears, own):
+            if pack is None:
+                del m.pack
+            else:
+                m.pack = pack
         net.train(was_training)
 
 
@@ -199,11 +208,15 @@ def _move_into_place(files: list[Path], dest_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_export() -> Iterator[None]:
-    """Silence torch's exporter chatter (progress lines on stdout, tracer warnings)."""
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+def _tracing(net: nn.Module, exporter: str) -> Iterator[None]:
+    """Around an exporter: a traceable net (``_traceable``), its chatter silenced (progress lines on
+    stdout, tracer warnings), its failures one ``ExportError`` line."""
+    try:
+        with _traceable(net), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    except Exception as e:  # the exporter's own errors, e.g. an opset it cannot target
+        raise ExportError(f"{exporter} failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
 
 
 # ------------------------------------------------------------------------- ONNX
@@ -258,18 +271,16 @@ def to_onnx(
     weight_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
     if external_data is None:
         external_data = weight_bytes > ONNX_PROTOBUF_LIMIT
-    with _staging(path) as tmp, _eval(net):
+    with _staging(path) as tmp:
         staged = tmp / path.name
         log.info("exporting %s.%s to ONNX (dynamic %s)", type(net).__name__, spec.method, dynamic)
-        try:
-            with _quiet_export():
-                program = torch.onnx.export(
-                    spec.module, (spec.example(TRACE_BATCH),), dynamo=True, dynamic_shapes=spec.dynamic_shapes,
-                    input_names=[spec.input_name], output_names=spec.output_names, opset_version=opset, verbose=False,
-                )
-                program.save(staged, external_data=external_data)
-        except Exception as e:  # the exporter's own errors, e.g. an opset it cannot target
-            raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
+        with _tracing(net, "torch.onnx.export"):
+            program = torch.onnx.export(
+                spec.module, (spec.example(TRACE_BATCH),), dynamo=True, dynamic_shapes=spec.dynamic_shapes,
+                input_names=[spec.input_name], output_names=spec.output_names, opset_version=opset, verbose=False,
+            )
+            program.save(staged, external_data=external_data)
+            del program
         files = sorted(tmp.iterdir(), key=lambda f: f == staged)
         if external_data:
             log.info("weights (%.2f GB) written as external data beside the model: %s", weight_bytes / 1e9,
@@ -298,15 +309,13 @@ def to_pt2(
     ``torch.export.load(path).module()(x)``, which returns a tuple (one tensor per output). Returns the path."""
     path = Path(path)
     spec = _Spec(net, method, size, dynamic, layers)
-    with _staging(path) as tmp, _eval(net):
+    with _staging(path) as tmp:
         staged = tmp / path.name
         log.info("exporting %s.%s with torch.export (dynamic %s)", type(net).__name__, spec.method, dynamic)
-        try:
-            with _quiet_export():
-                program = torch.export.export(spec.module, (spec.example(TRACE_BATCH),), dynamic_shapes=spec.dynamic_shapes)
-        except Exception as e:
-            raise ExportError(f"torch.export failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
-        torch.export.save(program, staged)
+        with _tracing(net, "torch.export"):
+            program = torch.export.export(spec.module, (spec.example(TRACE_BATCH),), dynamic_shapes=spec.dynamic_shapes)
+            torch.export.save(program, staged)
+            del program
         loaded = torch.export.load(staged).module()
         with torch.no_grad():
             err = _compare(spec, lambda x: list(loaded(x)), "the torch.export program")
