@@ -255,6 +255,24 @@ def test_cli_onnx_and_pt2(core_weights, tmp_path, capsys):
     assert_close(pt2_run(out, x), eager(core_weights, "clip_embedding", x))
 
 
+@pytest.mark.slow
+def test_cli_text_tower(hub, tmp_path, capsys):
+    """--text: the full-size T16 text tower (converted by the Core converter) as ONNX, equal to the eager tower."""
+    from converters.pe_core import main as convert_core
+    from zoo.testing.synthetic import meta_clip_state_dict
+
+    src = tmp_path / "PE-Core-T16-384.pt"
+    torch.save(meta_clip_state_dict(CORE.config, CORE.text, seed=11, dtype=torch.bfloat16), src)
+    assert convert_core(["--variant", "T16", "--checkpoint", str(src), "--out", str(weights_dir())]) == 0
+    out = tmp_path / "text.onnx"
+    assert main(["export", CORE.name, "--text", "--out", str(out)]) == 0
+    text = zoo.load_pretrained_clip(CORE.name, inference=True, dtype=torch.float32).text
+    tokens = zoo.get_tokenizer(CORE.name)(["a photo of a cat", "a diagram"], context_length=text.context_length)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"tokens": tokens.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, text(tokens).numpy(), rtol=0, atol=ATOL)
+
+
 def one_line_error(capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ")
