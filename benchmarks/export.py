@@ -109,25 +109,22 @@ def main(argv: list[str] | None = None) -> int:
         path = to_onnx(net, Path(tmp) / "net.onnx")
         print(f"  exported and checked in {time.perf_counter() - t0:.0f} s", flush=True)
         s = session(path, args.threads)
-        rows = []
+        print("\n| batch | zoo eager img/s | zoo.optimize img/s | ONNX Runtime img/s | ORT / eager (median) | "
+              "ORT / eager (min, max of per-round ratios) |")
+        print("|---|---|---|---|---|---|", flush=True)
         for batch in args.batch:
             x = torch.randn(batch, 3, cfg.image_size, cfg.image_size)
             xn = x.numpy()
             fns = {"eager": lambda: net.embedding(x), "optimize": lambda: fast(x), "ort": lambda: s.run(None, {"image": xn})}
             t0 = time.perf_counter()
-            times = interleaved(fns, args.reps, args.warmup)
-            print(f"  batch {batch} done in {time.perf_counter() - t0:.0f} s", flush=True)
-            rows.append((batch, times))
+            t = interleaved(fns, args.reps, args.warmup)
+            ratios = [e / o for e, o in zip(t["eager"], t["ort"])]  # per round: > 1 means ORT is faster
+            print(f"| {batch} | {rate(batch, t['eager'])} | {rate(batch, t['optimize'])} | {rate(batch, t['ort'])} | "
+                  f"{statistics.median(t['eager']) / statistics.median(t['ort']):.2f} | {min(ratios):.2f}-{max(ratios):.2f} |"
+                  f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
         if args.profile:
             for batch in args.batch:
                 profile(net, path, torch.randn(batch, 3, cfg.image_size, cfg.image_size), args.threads)
-    print("\n| batch | zoo eager img/s | zoo.optimize img/s | ONNX Runtime img/s | ORT / eager (median) | "
-          "ORT / eager (min, max of per-round ratios) |")
-    print("|---|---|---|---|---|---|")
-    for batch, t in rows:
-        ratios = [e / o for e, o in zip(t["eager"], t["ort"])]  # per round: > 1 means ORT is faster
-        print(f"| {batch} | {rate(batch, t['eager'])} | {rate(batch, t['optimize'])} | {rate(batch, t['ort'])} | "
-              f"{statistics.median(t['eager']) / statistics.median(t['ort']):.2f} | {min(ratios):.2f}-{max(ratios):.2f} |")
     return 0
 
 
