@@ -16,6 +16,7 @@ ONNX needs the optional extra ``pip install 'pe-zoo[onnx]'`` (onnx, onnxruntime,
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zoo.nets.pe_vit import Linear, PEViT, set_packing
+from zoo.nets.pe_vit import PEViT, set_packing
 from zoo.nets.text import PEText
 
 log = logging.getLogger("zoo")
@@ -105,7 +106,7 @@ class _Spec:
             self.dynamic_shapes = {"x": dims}
         else:
             raise TypeError(f"export takes a zoo PEViT or PEText net, got {type(net).__name__}")
-        self.module = _Method(net, method, layers)
+        self.layers = layers
 
     @staticmethod
     def _check_vision(net: PEViT, method: str, layers: list[int] | None) -> None:
@@ -144,29 +145,27 @@ class _Spec:
             inputs.append(self.example(1, (3, h + P, w + 2 * P), seed=2))
         return inputs
 
+    def traced(self) -> nn.Module:
+        """What the exporter traces: the method on a twin of the net (see ``_twin``)."""
+        return _Method(_twin(self.net), self.method, self.layers)
+
     def eager(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The net's own outputs, as users run it."""
         with torch.no_grad():
-            return list(self.module(x))
+            return list(_Method(self.net, self.method, self.layers)(x))
 
 
-@contextlib.contextmanager
-def _traceable(net: nn.Module) -> Iterator[None]:
-    """Trace in eval mode on plain weights (no oneDNN-packed ``Linear`` weight can reach the graph);
-    the net gets its mode and packing settings back afterwards."""
-    linears = [m for m in net.modules() if isinstance(m, Linear)]
-    own = [m.__dict__.get("pack") for m in linears]  # a per-module setting, or None: the class default
-    was_training = net.training
-    set_packing(net, False)
-    net.eval()
-    try:
-        yield
-    finally:
-        for m, pack in zip(linears, own):
-            if pack is None:
-                del m.pack
-            else:
-                m.pack = pack
-        net.train(was_training)
+def _twin(net: nn.Module) -> nn.Module:
+    """A copy of the net for the exporter to trace: its own ``Parameter`` objects over the same storage
+    (no second copy of the weights), plain (never oneDNN-packed), in eval mode.
+
+    Tracing leaves torch's weak references on the parameters it sees; on the twin, they cannot stop the
+    user's net from packing its weights again, and the user's net keeps its mode and packing settings.
+    """
+    memo = {id(p): nn.Parameter(p.detach(), requires_grad=False) for p in net.parameters()}  # detach: unpacked
+    twin = copy.deepcopy(net, memo)
+    set_packing(twin, False)
+    return twin.eval()
 
 
 # -------------------------------------------------------------- writing, checking
@@ -208,11 +207,11 @@ def _move_into_place(files: list[Path], dest_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def _tracing(net: nn.Module, exporter: str) -> Iterator[None]:
-    """Around an exporter: a traceable net (``_traceable``), its chatter silenced (progress lines on
-    stdout, tracer warnings), its failures one ``ExportError`` line."""
+def _tracing(exporter: str) -> Iterator[None]:
+    """Around an exporter: its chatter silenced (progress lines on stdout, tracer warnings), its
+    failures one ``ExportError`` line."""
     try:
-        with _traceable(net), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     except Exception as e:  # the exporter's own errors, e.g. an opset it cannot target
@@ -274,9 +273,9 @@ def to_onnx(
     with _staging(path) as tmp:
         staged = tmp / path.name
         log.info("exporting %s.%s to ONNX (dynamic %s)", type(net).__name__, spec.method, dynamic)
-        with _tracing(net, "torch.onnx.export"):
+        with _tracing("torch.onnx.export"):
             program = torch.onnx.export(
-                spec.module, (spec.example(TRACE_BATCH),), dynamo=True, dynamic_shapes=spec.dynamic_shapes,
+                spec.traced(), (spec.example(TRACE_BATCH),), dynamo=True, dynamic_shapes=spec.dynamic_shapes,
                 input_names=[spec.input_name], output_names=spec.output_names, opset_version=opset, verbose=False,
             )
             program.save(staged, external_data=external_data)
@@ -312,8 +311,8 @@ def to_pt2(
     with _staging(path) as tmp:
         staged = tmp / path.name
         log.info("exporting %s.%s with torch.export (dynamic %s)", type(net).__name__, spec.method, dynamic)
-        with _tracing(net, "torch.export"):
-            program = torch.export.export(spec.module, (spec.example(TRACE_BATCH),), dynamic_shapes=spec.dynamic_shapes)
+        with _tracing("torch.export"):
+            program = torch.export.export(spec.traced(), (spec.example(TRACE_BATCH),), dynamic_shapes=spec.dynamic_shapes)
             torch.export.save(program, staged)
             del program
         loaded = torch.export.load(staged).module()
