@@ -7,6 +7,7 @@ interleaved RoPE on q/k -> (Core) ln_post and 8-head attention pooling.
 
 from __future__ import annotations
 
+import ctypes
 import weakref
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
@@ -120,6 +121,17 @@ def _swap(param: torch.Tensor, value: torch.Tensor, cls: type) -> None:
         param.__dict__ = attrs
 
 
+try:  # glibc keeps freed heap pages mapped; malloc_trim hands them back (elsewhere: nothing to do)
+    _malloc_trim = ctypes.CDLL(None).malloc_trim
+except (OSError, AttributeError):
+    _malloc_trim = None
+
+
+def _release_freed_memory() -> None:
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
 def _unpack(param: _PackedWeight) -> None:
     with torch._C.DisableTorchFunctionSubclass(), torch.no_grad():
         _swap(param, param.to_dense(), nn.Parameter)
@@ -160,6 +172,8 @@ class Linear(nn.Linear):
                     _swap(w, torch.ops.mkldnn._reorder_linear_weight(w.detach(), x.numel() // x.shape[-1]), _PackedWeight)
             except RuntimeError:  # the plain weight is held elsewhere (e.g. by an autograd graph): stay plain
                 pass
+            else:
+                _release_freed_memory()  # the plain weight's pages, which the C allocator might keep
         if not (packable and type(w) is _PackedWeight):
             y = F.linear(x, w, bias)  # unpacks a packed weight first
             y = F.gelu(y) if gelu else y
