@@ -123,7 +123,7 @@ def _swap(param: torch.Tensor, value: torch.Tensor, cls: type) -> None:
 
 try:  # glibc keeps freed heap pages mapped; malloc_trim hands them back (elsewhere: nothing to do)
     _malloc_trim = ctypes.CDLL(None).malloc_trim
-except (OSError, AttributeError):
+except (OSError, AttributeError, TypeError):
     _malloc_trim = None
 
 
