@@ -68,7 +68,7 @@ def child(name: str, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="rope_i_vit_g14_pn_aps_c1_pe-core")
+    parser.add_argument("--model", default="rope_i_vit_g14_pn_ap_c1_pe-core")
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
