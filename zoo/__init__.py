@@ -10,6 +10,7 @@ from zoo.models import create_model
 from zoo.nets.pe_vit import PEConfig, PEViT
 from zoo.optimize import optimize
 from zoo.registry import get_model_config, list_pretrained_models
+from zoo.training import param_groups
 from zoo.transforms import classification_transform
 from zoo.version import __version__
 from zoo.weights import convert_text as _convert_text
@@ -22,6 +23,6 @@ for _old, _module in {"convert": weights, "convert_text": _convert_text, "safete
 
 __all__ = [
     "ModelInfo", "PEConfig", "PEViT", "classification_transform", "create_model", "get_model_config",
-    "get_size_from_signature", "list_pretrained_models", "load_pretrained_model", "optimize", "__version__",
+    "get_size_from_signature", "list_pretrained_models", "load_pretrained_model", "optimize", "param_groups", "__version__",
     "PECLIP", "create_clip", "get_tokenizer", "load_pretrained_clip", "zero_shot_classifier", "zero_shot_classify",
 ]

@@ -42,11 +42,16 @@ def get_size_from_signature(signature: dict[str, Any]) -> tuple[int, int]:
 def _input_size(entry: Entry, new_size: int | tuple[int, int] | None) -> tuple[int, int]:
     if new_size is None:
         return entry.size
-    size = (new_size, new_size) if isinstance(new_size, int) else tuple(new_size)
     P = entry.config.patch_size
-    if len(size) != 2 or not all(isinstance(s, int) and s > 0 and s % P == 0 for s in size):
+    sides = [new_size, new_size] if hasattr(new_size, "__index__") else new_size
+    if isinstance(new_size, (bool, str, bytes)) or not hasattr(sides, "__len__") or len(sides) != 2 or not all(
+        hasattr(s, "__index__") and not isinstance(s, bool) for s in sides
+    ):
+        raise TypeError(f"new_size must be an integer or a (height, width) pair of integers, got {type(new_size).__name__} {new_size!r}")
+    size = (sides[0].__index__(), sides[1].__index__())
+    if not all(s > 0 and s % P == 0 for s in size):
         raise ValueError(f"new_size {new_size!r} must be an int or (height, width) of positive multiples of the patch size {P}")
-    return size  # type: ignore[return-value]
+    return size
 
 
 def load_entry(
@@ -58,12 +63,14 @@ def load_entry(
     new_size: int | tuple[int, int] | None = None,
     weights_dir: str | os.PathLike | None = None,
     progress_bar: bool = True,
+    num_classes: int = 0,
+    drop_path_rate: float = 0.0,
 ) -> tuple[PEViT, ModelInfo]:
     """``load_pretrained_model`` for a registry ``Entry`` (see there)."""
     size = _input_size(entry, new_size)
     path = weights.resolve(entry, weights_dir, progress=progress_bar)
     with torch.device("meta"):  # no random init, no memory: the file's tensors are assigned below
-        net = PEViT(entry.config)
+        net = PEViT(entry.config, drop_path_rate=drop_path_rate)
     try:
         net.load_state_dict(weights.read_tensors(path), strict=True, assign=True)
     except RuntimeError as e:
@@ -71,6 +78,8 @@ def load_entry(
             f"{path} does not hold the tensors of {entry.name} ({e}); rebuild it: "
             f"{weights.converter_command(entry, paths.weights_dir(weights_dir))} --force"
         ) from None
+    if num_classes:
+        net.reset_classifier(num_classes)
     if device is not None or dtype is not None:
         net = net.to(device=device, dtype=dtype)
     if inference:
@@ -102,6 +111,8 @@ def load_pretrained_model(
     weights_dir: str | os.PathLike | None = None,
     progress_bar: bool = True,
     optimize: bool = False,
+    num_classes: int = 0,
+    drop_path_rate: float = 0.0,
 ) -> tuple[PEViT | OptimizedNet, ModelInfo]:
     """A pretrained net and its ``ModelInfo`` from a registry name.
 
@@ -111,9 +122,12 @@ def load_pretrained_model(
     size (int or (h, w)), reflected in the returned signature. ``dtype``/``device``: converted after loading.
     ``optimize=True``: the net comes wrapped by ``zoo.optimize`` (the fastest ``net(x)`` for its device
     and dtype, in eval mode without gradients; the net itself is at ``.net``).
+    ``num_classes``: a new, randomly initialised linear head over the embedding (for fine-tuning).
+    ``drop_path_rate``: stochastic depth in training mode (see ``PEViT``).
     """
     net, info = load_entry(
         get_entry(name), inference=inference, device=device, dtype=dtype,
         new_size=new_size, weights_dir=weights_dir, progress_bar=progress_bar,
+        num_classes=num_classes, drop_path_rate=drop_path_rate,
     )
     return (zoo_optimize(net) if optimize else net), info

@@ -12,13 +12,18 @@ def create_model(
     name: str,
     *,
     num_classes: int = 0,
+    drop_path_rate: float = 0.0,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> PEViT:
-    """A net of a registry entry with random weights; ``device="meta"`` builds it without memory."""
+    """A net of a registry entry with random weights; ``device="meta"`` builds it without memory.
+
+    ``num_classes``: a linear head over the embedding (0: none). ``drop_path_rate``: stochastic depth
+    for fine-tuning (see ``PEViT``).
+    """
     cfg = get_entry(name).config
     with torch.device(device or "cpu"):
-        net = PEViT(cfg)
+        net = PEViT(cfg, drop_path_rate=drop_path_rate)
         if num_classes:
             net.reset_classifier(num_classes)
     return net.to(dtype) if dtype is not None else net

@@ -7,6 +7,7 @@ interleaved RoPE on q/k -> (Core) ln_post and 8-head attention pooling.
 
 from __future__ import annotations
 
+import ctypes
 import weakref
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils import _pytree as pytree
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,17 @@ def _swap(param: torch.Tensor, value: torch.Tensor, cls: type) -> None:
         param.__dict__ = attrs
 
 
+try:  # glibc keeps freed heap pages mapped; malloc_trim hands them back (elsewhere: nothing to do)
+    _malloc_trim = ctypes.CDLL(None).malloc_trim
+except (OSError, AttributeError, TypeError):
+    _malloc_trim = None
+
+
+def _release_freed_memory() -> None:
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
 def _unpack(param: _PackedWeight) -> None:
     with torch._C.DisableTorchFunctionSubclass(), torch.no_grad():
         _swap(param, param.to_dense(), nn.Parameter)
@@ -163,6 +176,8 @@ class Linear(nn.Linear):
                     _swap(w, torch.ops.mkldnn._reorder_linear_weight(w.detach(), x.numel() // x.shape[-1]), _PackedWeight)
             except RuntimeError:  # the plain weight is held elsewhere (e.g. by an autograd graph): stay plain
                 pass
+            else:
+                _release_freed_memory()  # the plain weight's pages, which the C allocator might keep
         if not (packable and type(w) is _PackedWeight):
             y = F.linear(x, w, bias)  # unpacks a packed weight first
             y = F.gelu(y) if gelu else y
@@ -233,8 +248,15 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
+def drop_path(x: torch.Tensor, rate: float) -> torch.Tensor:
+    """Stochastic depth: zero each sample's ``x`` with probability ``rate``, scale the kept ones by 1/(1-rate)."""
+    keep = 1.0 - rate
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
 class Block(nn.Module):
-    def __init__(self, cfg: PEConfig) -> None:
+    def __init__(self, cfg: PEConfig, drop_path_rate: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.attn = Attention(cfg.width, cfg.heads)
@@ -242,13 +264,20 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.mlp = Mlp(cfg.width, cfg.mlp_dim)
         self.ls2 = LayerScale(cfg.width) if cfg.layer_scale else nn.Identity()
+        self.drop_path = drop_path_rate  # on both residual branches, in training mode only
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        if self.training and self.drop_path > 0:
+            x = x + drop_path(self.ls1(self.attn(self.norm1(x), rope)), self.drop_path)
+            return x + drop_path(self.ls2(self.mlp(self.norm2(x))), self.drop_path)
         if isinstance(self.ls1, LayerScale):
             x = torch.addcmul(x, self.attn(self.norm1(x), rope), self.ls1.gamma)
             return torch.addcmul(x, self.mlp(self.norm2(x)), self.ls2.gamma)
         x = self.attn(self.norm1(x), rope, residual=x)  # residual adds fused into the output projections
         return self.mlp(self.norm2(x), residual=x)
+
+    def extra_repr(self) -> str:
+        return f"drop_path={self.drop_path:g}" if self.drop_path else ""
 
 
 class AttentionPool(nn.Module):
@@ -274,10 +303,16 @@ class AttentionPool(nn.Module):
 
 
 class PEViT(nn.Module):
-    """Perception Encoder vision tower (Core, Spatial and Lang variants)."""
+    """Perception Encoder vision tower (Core, Spatial and Lang variants).
 
-    def __init__(self, cfg: PEConfig) -> None:
+    ``drop_path_rate``: stochastic depth on both residual branches of every block, rising linearly
+    from 0 at the first block to ``drop_path_rate`` at the last, in training mode only.
+    """
+
+    def __init__(self, cfg: PEConfig, drop_path_rate: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
         self.cfg = cfg
         W = cfg.width
         self.patch_size = cfg.patch_size
@@ -286,7 +321,9 @@ class PEViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(W)) if cfg.cls_token else None
         self.pos_embed = nn.Parameter(torch.zeros(cfg.num_prefix_tokens + cfg.grid**2, W))
         self.norm_pre = nn.LayerNorm(W, eps=cfg.norm_eps)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(
+            Block(cfg, drop_path_rate * i / max(cfg.depth - 1, 1)) for i in range(cfg.depth)
+        )
         self.norm_post = nn.LayerNorm(W, eps=cfg.norm_eps) if cfg.ln_post else nn.Identity()
         self.attn_pool = (
             AttentionPool(W, cfg.pool_heads, cfg.pool_mlp_dim or 4 * W, cfg.norm_eps) if cfg.pool == "attn" else None
@@ -294,6 +331,8 @@ class PEViT(nn.Module):
         self.clip_proj = Linear(W, cfg.clip_dim, bias=False) if cfg.clip_dim else None
         self.head: nn.Module = nn.Identity()
         self.num_classes = 0
+        self.grad_checkpointing = False
+        self._frozen: tuple[str, ...] = ()  # submodules kept frozen and in eval mode by freeze()
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         if self.patch_embed.weight.device.type != "meta":
             self.init_weights()
@@ -315,6 +354,9 @@ class PEViT(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head: a linear layer over ``embedding`` (identity for 0 classes)."""
+        num_classes = _index(num_classes, "num_classes")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0: no head), got {num_classes}")
         p = self.patch_embed.weight
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes, device=p.device, dtype=p.dtype) if num_classes else nn.Identity()
@@ -323,6 +365,42 @@ class PEViT(nn.Module):
         """Parameter count of the vision tower, without the CLIP projection and head."""
         skip = {id(p) for m in (self.clip_proj, self.head) if m is not None for p in m.parameters()}
         return sum(p.numel() for p in self.parameters() if id(p) not in skip)
+
+    # ----------------------------------------------------------- fine-tuning
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them."""
+        self.grad_checkpointing = bool(enable)
+
+    def freeze(self, blocks: int | None = None) -> None:
+        """Freeze part of the net: no gradients, and eval behaviour (no drop path) even in ``train()``.
+
+        ``blocks=None``: everything but the head (a linear probe). ``blocks=k``: the stem (patch and
+        position embeddings, class token, ``norm_pre``) and the first ``k`` blocks. Each call sets the
+        frozen part anew (what an earlier call froze is trainable again unless frozen now).
+        """
+        depth = len(self.blocks)
+        if blocks is not None:
+            blocks = _index(blocks, "blocks")
+            if not 0 <= blocks <= depth:
+                raise ValueError(f"blocks must be in [0, {depth}] (this model has {depth} blocks), got {blocks}")
+        self.requires_grad_(True)
+        if blocks is None:
+            names = tuple(n for n, _ in self.named_children() if n != "head")
+            params = [p for n, p in self.named_parameters() if not n.startswith("head.")]
+        else:
+            names = ("patch_embed", "norm_pre", *(f"blocks.{i}" for i in range(blocks)))
+            stem = [p for p in (self.cls_token, self.pos_embed) if p is not None]
+            params = stem + [p for n in names for p in self.get_submodule(n).parameters()]
+        for p in params:
+            p.requires_grad_(False)
+        self._frozen = names
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "PEViT":
+        super().train(mode)
+        for name in self._frozen:
+            self.get_submodule(name).train(False)
+        return self
 
     # ------------------------------------------------------------- geometry
     def _grid(self, x: torch.Tensor) -> tuple[int, int]:
@@ -382,7 +460,10 @@ class PEViT(nn.Module):
         taps: dict[int, torch.Tensor] = {}
         last = max(layers) if layers else len(self.blocks) - 1
         for i, blk in enumerate(self.blocks[: last + 1]):
-            x = blk(x, rope)
+            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                x = checkpoint(blk, x, rope, use_reentrant=False)
+            else:
+                x = blk(x, rope)
             if layers and i in layers:
                 taps[i] = x
         return x, taps, (gh, gw)
@@ -412,7 +493,7 @@ class PEViT(nn.Module):
         return self.head(self.embedding(x))
 
     def _to_map(self, tokens: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
-        return tokens[:, self.cfg.num_prefix_tokens :].transpose(1, 2).reshape(tokens.shape[0], -1, gh, gw)
+        return tokens[:, self.cfg.num_prefix_tokens :].transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], gh, gw)
 
     def detection_features(self, x: torch.Tensor, layers: list[int] | None = None) -> dict[str, torch.Tensor]:
         """Dense feature maps [B, W, H/P, W/P].
@@ -429,11 +510,19 @@ class PEViT(nn.Module):
             raise ValueError(f"layers must name at least one block index in [-{depth}, {depth - 1}]")
         wanted = []
         for i in layers:
-            if not isinstance(i, int) or not -depth <= i < depth:
-                raise ValueError(f"layer {i!r} is out of range: this model has {depth} blocks, valid indices are [-{depth}, {depth - 1}]")
+            i = _index(i, "each layer")
+            if not -depth <= i < depth:
+                raise ValueError(f"layer {i} is out of range: this model has {depth} blocks, valid indices are [-{depth}, {depth - 1}]")
             wanted.append(i % depth)
         _, taps, (gh, gw) = self._tokens(x, set(wanted))
         return {f"block{i}": self._to_map(taps[i], gh, gw) for i in wanted}
 
 
-__all__ = ["PEConfig", "PEViT"]
+def _index(value: Any, what: str) -> int:
+    """An integral number (int, numpy integer, integral float refused) as an int, else a TypeError."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{what} must be an integer, got {type(value).__name__} {value!r}")
+    return value.__index__()
+
+
+__all__ = ["PEConfig", "PEViT", "set_packing"]

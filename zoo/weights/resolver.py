@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError
-from safetensors import safe_open
 
 from zoo import paths
 from zoo.registry import Entry
@@ -30,6 +29,7 @@ from zoo.weights.convert_text import convert_text_checkpoint, text_weights_file
 from zoo.weights.errors import ConversionError, WeightsIntegrityError, WeightsNotFoundError
 from zoo.weights.hub import hub_download
 from zoo.weights.integrity import check, record
+from zoo.weights.mapping import map_tensors
 from zoo.weights.source import download_source
 
 log = logging.getLogger("zoo")
@@ -44,9 +44,9 @@ def converter_command(entry: Entry, folder: Path | None = None) -> str:
 
 
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Every tensor of a safetensors file, memory-mapped (pages are read when used, never copied)."""
-    with safe_open(Path(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
+    """Every tensor of a safetensors file, memory-mapped (pages are read when used, never copied;
+    one mapping per tensor, so a tensor's pages are released with it)."""
+    return map_tensors(path)
 
 
 @dataclass(frozen=True)
