@@ -12,13 +12,16 @@ import importlib
 import logging
 import sys
 
+from zoo.export import ExportError
 from zoo.registry import RegistryError, UnknownModelError
 from zoo.version import __version__
 from zoo.weights import ConversionError, WeightsIntegrityError, WeightsNotFoundError
 from zoo.weights.writer import exit_on_sigterm
 
-COMMANDS = ("zoo.cli.basic", "zoo.cli.collection", "zoo.cli.finetune")
-USER_ERRORS = (UnknownModelError, RegistryError, WeightsNotFoundError, WeightsIntegrityError, ConversionError, ValueError, OSError)
+COMMANDS = ("zoo.cli.basic", "zoo.cli.collection", "zoo.cli.finetune", "zoo.cli.export")
+USER_ERRORS = (
+    UnknownModelError, RegistryError, WeightsNotFoundError, WeightsIntegrityError, ConversionError, ExportError, ValueError, OSError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

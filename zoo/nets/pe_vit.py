@@ -7,6 +7,7 @@ interleaved RoPE on q/k -> (Core) ln_post and 8-head attention pooling.
 
 from __future__ import annotations
 
+import ctypes
 import weakref
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
@@ -70,6 +71,10 @@ class PEConfig:
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+# True while ``torch.export`` (and so ``torch.onnx.export``) traces, when sizes may be symbolic (older torch: never).
+_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+
+
 def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent channel pairs (a, b) -> (a cos - b sin, b cos + a sin); ``sin`` carries the signs."""
     swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
@@ -120,6 +125,17 @@ def _swap(param: torch.Tensor, value: torch.Tensor, cls: type) -> None:
         param.__dict__ = attrs
 
 
+try:  # glibc keeps freed heap pages mapped; malloc_trim hands them back (elsewhere: nothing to do)
+    _malloc_trim = ctypes.CDLL(None).malloc_trim
+except (OSError, AttributeError, TypeError):
+    _malloc_trim = None
+
+
+def _release_freed_memory() -> None:
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
 def _unpack(param: _PackedWeight) -> None:
     with torch._C.DisableTorchFunctionSubclass(), torch.no_grad():
         _swap(param, param.to_dense(), nn.Parameter)
@@ -160,6 +176,8 @@ class Linear(nn.Linear):
                     _swap(w, torch.ops.mkldnn._reorder_linear_weight(w.detach(), x.numel() // x.shape[-1]), _PackedWeight)
             except RuntimeError:  # the plain weight is held elsewhere (e.g. by an autograd graph): stay plain
                 pass
+            else:
+                _release_freed_memory()  # the plain weight's pages, which the C allocator might keep
         if not (packable and type(w) is _PackedWeight):
             y = F.linear(x, w, bias)  # unpacks a packed weight first
             y = F.gelu(y) if gelu else y
@@ -401,9 +419,10 @@ class PEViT(nn.Module):
 
     def rope_tables(self, gh: int, gw: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin tables [N, head_dim] (one value per channel, pairs interleaved) for a
-        (gh, gw) grid, built once per grid, device and dtype."""
+        (gh, gw) grid, built once per grid, device and dtype (inside the graph, uncached, under
+        ``torch.export``, where the grid may be symbolic)."""
         key = (gh, gw, device, dtype)
-        if key not in self._rope_cache:
+        if _exporting() or key not in self._rope_cache:
             hd = self.embed_dim // self.cfg.heads
             quarter = hd // 4
             freqs = self.cfg.rope_theta ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
@@ -415,12 +434,15 @@ class PEViT(nn.Module):
             angles = torch.cat([pos[:, :1] * freqs, pos[:, 1:] * freqs], dim=1)  # x angles, then y angles
             cos = angles.cos().repeat_interleave(2, dim=1)
             sin = torch.stack([-angles.sin(), angles.sin()], dim=-1).flatten(1)  # (a, b) -> (-b sin, a sin)
-            self._rope_cache[key] = (cos.to(device, dtype), sin.to(device, dtype))
+            tables = (cos.to(device, dtype), sin.to(device, dtype))
+            if _exporting():
+                return tables
+            self._rope_cache[key] = tables
         return self._rope_cache[key]
 
     def _pos_embed(self, gh: int, gw: int) -> torch.Tensor:
         G = self.cfg.grid
-        if (gh, gw) == (G, G):
+        if not _exporting() and (gh, gw) == (G, G):  # exported graphs always resample (exact at G x G)
             return self.pos_embed
         prefix, grid = self.pos_embed[: self.cfg.num_prefix_tokens], self.pos_embed[self.cfg.num_prefix_tokens :]
         grid = grid.reshape(1, G, G, -1).permute(0, 3, 1, 2)
