@@ -79,8 +79,8 @@ def check_birder_contract(n: DetectorBackbone, size: tuple[int, int], num_classe
         x3 = rand(3, size)
         assert torch.allclose(ep.module()(x3), n(x3), atol=1e-5)
         # deepcopy after CPU inference (the packed-weight caches are in place)
-        twin = copy.deepcopy(n)
-        assert torch.equal(twin(x), n(x))
+        twin = copy.deepcopy(n)  # packed anew for this batch: oneDNN's blocking may reorder sums (~1e-7)
+        assert torch.allclose(twin(x), n(x), atol=1e-5)
     n.train()
 
     # detection backbone
