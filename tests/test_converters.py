@@ -327,11 +327,12 @@ def test_help_explains_each_option(family, tmp_path, monkeypatch, capsys):
         "--variant": "which model size to convert",
         "--checkpoint": "a local Meta checkpoint (.pt or .safetensors) instead of downloading it from the Hugging Face Hub",
         "--out": f"folder to write <name>.safetensors into (default: the zoo's weights folder, now {tmp_path / 'home' / 'weights'})",
-        "--dtype": "store the weights in this dtype (default: keep the checkpoint's dtype)",
+        "--dtype": "store the weights in this dtype (default: the checkpoint's dominant float dtype",
         "--force": "overwrite an existing output file",
     }
     if family == "core":
         expected["--vision-only"] = "skip the CLIP text tower (by default it is written to <name>_text.safetensors"
+        expected["--text-only"] = "write only the CLIP text tower, <name>_text.safetensors"
     assert sorted(helps) == sorted(expected)
     for option, phrase in expected.items():
         assert phrase in helps[option], option

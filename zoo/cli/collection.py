@@ -79,3 +79,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_weights_dir(p)
     add_device(p)
     p.set_defaults(func=cmd_search)
+
+
+__all__ = ["cmd_embed", "cmd_search", "register"]

@@ -80,3 +80,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text", action="store_true", help="export the PE-Core text tower (token ids in, text features out)")
     add_weights_dir(p)
     p.set_defaults(func=cmd_export)
+
+
+__all__ = ["cmd_export", "register"]

@@ -52,3 +52,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_weights_dir(p)
     add_device(p)
     p.set_defaults(func=cmd_finetune)
+
+
+__all__ = ["cmd_finetune", "register"]

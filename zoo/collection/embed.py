@@ -276,3 +276,6 @@ def _embed_shards(run, paths, shards, out, shard_size, batch_size, workers, tran
                 rows, good, bad = [], [], []
     seconds = time.perf_counter() - start
     log.info(f"embedded {done} images in {seconds:.1f} s ({done / seconds:.2f} img/s)")
+
+
+__all__ = ["EmbedResult", "ImageFiles", "OPTIMIZE_MIN_IMAGES", "embed_collection"]
