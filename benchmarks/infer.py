@@ -40,19 +40,7 @@ from tests.oracle import timm_model  # noqa: E402
 from zoo.weights import meta_to_zoo  # noqa: E402
 from zoo.registry import get_entry  # noqa: E402
 from zoo.testing.synthetic import meta_vision_state_dict  # noqa: E402
-
-
-def timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
-    def run(fn: Callable[[], object]) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
-
-    return run
+from benchmarks.timing import timer  # noqa: E402
 
 
 def interleaved(fns: list[Callable[[], object]], reps: int, warmup: int, device: torch.device) -> list[list[float]]:

@@ -17,7 +17,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import timer  # noqa: E402
 from zoo.registry import get_entry  # noqa: E402
 
 
@@ -86,15 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     flop = sum(2 * rows * k * m for k, m in shapes)
     fns = {(name, d): fn for d in args.dtype for name, fn in kernels(rows, shapes, getattr(torch, d), device).items()}
 
-    def clock(fn: Callable[[], None]) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
-
+    clock = timer(device)
     times: dict[tuple[str, str], list[float]] = {key: [] for key in fns}
     with torch.inference_mode():
         for _ in range(args.warmup):
