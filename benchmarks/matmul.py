@@ -7,8 +7,10 @@ batch 1: 577 tokens; qkv W -> 3W, attention out W -> W, MLP in W -> M, MLP out M
 inputs, through ``F.linear`` and, on CPU, through a oneDNN-packed weight (what the zoo's eager net
 uses under no_grad). Each round calls every (kernel, dtype) once, interleaved, so load from other
 processes hits them alike; figures are 2 * rows * in * out FLOPs over the four layers per second,
-min/median/max over the rounds. Also prints one image's matmul and attention FLOPs for the model and
-the time they need at the best median rate: no kernel-level speed-up can go below it.
+min/median/max over the rounds; the "zoo" column marks the kernel the zoo's eager net uses on this
+machine (``Linear.pack_float32`` decides float32: off on Intel CPUs). Also prints one image's matmul
+and attention FLOPs for the model and the time they need at the best median rate: no kernel-level
+speed-up can go below it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.timing import timer  # noqa: E402
+from zoo.nets.pe_vit import Linear  # noqa: E402
 from zoo.registry import get_entry  # noqa: E402
 
 
@@ -98,13 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {args.model} block linears, {rows} rows (batch {args.batch}) on {device} "
           f"({torch.get_num_threads()} threads), torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}")
     print(f"GFLOP/s min/median/max over {args.reps} rounds")
-    print("| kernel | dtype | GFLOP/s |")
-    print("|---|---|---|")
+    print("| kernel | dtype | GFLOP/s | zoo |")
+    print("|---|---|---|---|")
     best = 0.0
     for (name, d), t in times.items():
         rates = [flop / s / 1e9 for s in t]
         best = max(best, statistics.median(rates))
-        print(f"| {name} | {d} | {min(rates):.0f}/{statistics.median(rates):.0f}/{max(rates):.0f} |")
+        packs = device.type == "cpu" and "packed" in {k for k, _ in fns} and (d != "float32" or Linear.pack_float32)
+        used = "yes" if (name == "packed") == packs else ""
+        print(f"| {name} | {d} | {min(rates):.0f}/{statistics.median(rates):.0f}/{max(rates):.0f} | {used} |")
     gflop = image_gflop(args.model, args.batch)
     print(f"one forward of batch {args.batch}: {gflop:.0f} GFLOP of matmuls and attention; "
           f"at the best median rate ({best:.0f} GFLOP/s) at least {gflop / best:.2f} s")

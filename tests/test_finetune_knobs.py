@@ -131,7 +131,7 @@ def test_freeze_linear_probe_and_first_blocks():
         net.freeze(blocks=1.0)
 
 
-def test_training_step_then_inference_matches_a_fresh_net():
+def test_training_step_then_inference_matches_a_fresh_net(float32_packing):
     x = x_of()
     net = net_of()
     net.freeze(blocks=1)  # frozen blocks may run packed inside a training step (no gradient needed there)

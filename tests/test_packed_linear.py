@@ -13,8 +13,11 @@ import torch
 import torch.nn.functional as F
 
 import zoo
+from zoo.nets import pe_vit
 from zoo.nets.pe_vit import Linear, set_packing
 from zoo.registry import get_entry
+
+pytestmark = pytest.mark.usefixtures("float32_packing")  # float32 packs here on any CPU
 
 CFG = dataclasses.replace(get_entry("rope_i_vit_t16_pn_aps_c1_pe-core").config, depth=2)
 X = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
@@ -169,3 +172,21 @@ def test_set_packing_off_unpacks():
     assert not any(m.weight.is_mkldnn for m in linears(net))
     output(net)
     assert not any(m.weight.is_mkldnn for m in linears(net))
+
+
+def test_float32_packing_follows_the_cpu_and_can_be_turned_off(monkeypatch):
+    """Default: float32 packs except on Intel CPUs with MKL (whose sgemm beats oneDNN's packed float32
+    kernel there); off, float32 runs plain ``F.linear`` (bit for bit ``set_packing(False)``) and
+    bfloat16 still packs."""
+    vendor = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("vendor_id")), "")
+    assert pe_vit._float32_packing_pays() == (not (torch.backends.mkl.is_available() and vendor == "GenuineIntel"))
+    monkeypatch.setattr(Linear, "pack_float32", False)
+    net = zoo.PEViT(CFG).eval()
+    out = output(net)
+    assert not any(m.weight.is_mkldnn for m in linears(net))
+    plain = copy.deepcopy(net)
+    set_packing(plain, False)
+    assert torch.equal(out, output(plain))
+    half = zoo.PEViT(CFG).to(torch.bfloat16).eval()
+    output(half)
+    assert all(m.weight.is_mkldnn for m in linears(half))

@@ -63,9 +63,10 @@ def optimize(net: PEViT, *, method: str = "forward", mode: Mode = "auto") -> Opt
     """The fastest inference callable ``f(x) == getattr(net, method)(x)`` for the net's device and dtype.
 
     ``mode="compile"``: inductor with freezing. ``mode="eager"``: the eager net, which on CPU already
-    runs on oneDNN-packed weights with fused GELU and residual adds. ``mode="auto"`` picks what
-    measured fastest: eager on CPU (inductor's frozen graph was slower there in float32, which it runs
-    through MKL, and in bfloat16, see README "Speed"), compile elsewhere (CUDA). Puts the net in eval
+    runs on oneDNN-packed weights with fused GELU and residual adds (float32 on Intel CPUs: MKL's
+    sgemm, see ``Linear.pack_float32``). ``mode="auto"``: eager on CPU (inductor's frozen graph was
+    slower on an AMD EPYC and about 4% faster in float32 on an Intel Xeon, not worth its compile time
+    and second copy of the weights; README "Speed"), compile elsewhere (CUDA). Puts the net in eval
     mode; gradients are off inside the callable. Move the net to its device and dtype first.
     """
     if not isinstance(net, PEViT):

@@ -8,6 +8,7 @@ interleaved RoPE on q/k -> (Core) ln_post and 8-head attention pooling.
 from __future__ import annotations
 
 import ctypes
+import platform
 import weakref
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
@@ -69,6 +70,29 @@ class PEConfig:
 
 # oneDNN's packed-weight linear (what inductor's freezing uses): 15-30% faster than addmm on CPU.
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _cpu_vendor() -> str:
+    """The CPU's vendor string ("GenuineIntel", "AuthenticAMD", ...), or ``platform.processor()`` off Linux."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _float32_packing_pays() -> bool:
+    """Whether float32 linears should run on oneDNN-packed weights rather than plain ``F.linear``.
+
+    Plain float32 ``F.linear`` is MKL's sgemm. On Intel CPUs that beats oneDNN's packed float32 kernel
+    (an AMX Xeon, 577 rows: ~300 against ~250 GFLOP/s, ``benchmarks/matmul.py``); MKL is Intel's own
+    library and takes generic paths on other vendors' CPUs, where the packed path was the faster one
+    (AMD EPYC, README "Speed"). bfloat16 always packs: oneDNN is torch's bfloat16 kernel either way.
+    """
+    return not (torch.backends.mkl.is_available() and "intel" in _cpu_vendor().lower())
 
 
 # True while ``torch.export`` (and so ``torch.onnx.export``) traces, when sizes may be symbolic (older torch: never).
@@ -151,9 +175,14 @@ class Linear(nn.Linear):
     is never stale and never doubles the memory. A call that needs gradients always runs plain
     ``F.linear``. Set ``Linear.pack = False`` (here or on one module) to keep plain ``F.linear``. An
     optional exact (erf) GELU and a residual add are fused into the matmul.
+
+    ``Linear.pack_float32`` says whether float32 weights pack at all; its default is what measured
+    faster on this kind of CPU (``_float32_packing_pays``: off on Intel CPUs, where plain ``F.linear``
+    is MKL's faster sgemm; on elsewhere). bfloat16 weights pack whenever ``pack`` is on.
     """
 
     pack = True
+    pack_float32 = _float32_packing_pays()
 
     def _packable(self, x: torch.Tensor, w: torch.Tensor) -> bool:
         return not (
@@ -163,6 +192,7 @@ class Linear(nn.Linear):
             or x.device.type != "cpu"
             or x.dtype != w.dtype
             or w.dtype not in (torch.float32, torch.bfloat16)
+            or (w.dtype == torch.float32 and not self.pack_float32)
             or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
             or w.grad is not None  # mid-step (backward done, optimizer step to come): leave it plain
         )
