@@ -146,6 +146,7 @@ def test_finetune_with_checkpointing_and_bfloat16(hub, tmp_path, data):
                         grad_checkpointing=True, dtype="bfloat16")
     result = finetune(args, progress=False)
     assert result.net.grad_checkpointing and {p.dtype for p in result.net.parameters()} == {torch.float32}
+    assert all(p.grad is None for p in result.net.parameters())  # freed after each step, not held through the next forward
     loss = result.metrics["epochs"][0]["train_loss"]
     assert 0 < loss < 10
     meta = json.loads(read_metadata(result.path)["finetune"])

@@ -301,9 +301,9 @@ def _finetune(args: FinetuneArgs, train: list, val: list, classes: dict[str, int
                 g["lr"] = g["initial_lr"] * factor
             with _autocast(device, args.dtype):
                 loss = F.cross_entropy(net(x.to(device)).float(), y.to(device))
-            opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            opt.zero_grad(set_to_none=True)  # gradients freed now, not held through the next forward
             bar.update(len(y), loss.item())
             step += 1
         speed = bar.close()
