@@ -42,7 +42,8 @@ def lean_net(cfg, meta):
 
 
 def errors_against_timm(entry, cfg, sizes, packs):
-    """max |zoo - timm| of tokens, embedding and CLIP embedding at each (h, w) and ``Linear.pack`` setting."""
+    """max |zoo - timm| of tokens, embedding and CLIP embedding at each (h, w) and ``Linear.pack`` setting
+    (``pack_float32`` set alike, so ``True`` runs the packed path whatever this CPU's float32 default)."""
     meta = meta_vision_state_dict(cfg, seed=3)
     inputs = {size: torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(sum(size))) for size in sizes}
     refs = {}
@@ -53,15 +54,15 @@ def errors_against_timm(entry, cfg, sizes, packs):
     errors = {}
     for pack in packs:
         for size, x in inputs.items():
-            start, default = time.perf_counter(), Linear.pack
-            Linear.pack = pack
+            start, default = time.perf_counter(), (Linear.pack, Linear.pack_float32)
+            Linear.pack = Linear.pack_float32 = pack  # pack=True: the packed path on any CPU (float32 too)
             try:
                 with torch.no_grad():
                     got = {"tokens": net.forward_features(x), "embedding": net.embedding(x)}
                     if cfg.clip_dim:
                         got["clip"] = net.clip_embedding(x)
             finally:
-                Linear.pack = default
+                Linear.pack, Linear.pack_float32 = default
             ref = refs[size]
             assert got.keys() == ref.keys() and all(got[k].shape == ref[k].shape for k in ref)
             errors[size, pack] = {k: (got[k] - ref[k]).abs().max().item() for k in ref}
@@ -86,7 +87,7 @@ def test_lean_path_at_depth_2():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant, other, packs", [
-    ("L14", (294, 490), (True, False)),  # packed (inference default) and plain F.linear
+    ("L14", (294, 490), (True, False)),  # the oneDNN-packed path and plain F.linear
     ("G14", (224, 336), (False,)),  # plain F.linear: packed copies would double the 7.5 GB
 ])
 def test_full_depth_matches_timm(variant, other, packs):
