@@ -88,7 +88,7 @@ def _float32_packing_pays() -> bool:
     """Whether float32 linears should run on oneDNN-packed weights rather than plain ``F.linear``.
 
     Plain float32 ``F.linear`` is MKL's sgemm. On Intel CPUs that beats oneDNN's packed float32 kernel
-    (an AMX Xeon, 577 rows: ~300 against ~250 GFLOP/s, ``benchmarks/matmul.py``); MKL is Intel's own
+    (an AMX Xeon, 577 rows: 291 against 235 GFLOP/s median, ``benchmarks/matmul.py``); MKL is Intel's own
     library and takes generic paths on other vendors' CPUs, where the packed path was the faster one
     (AMD EPYC, README "Speed"). bfloat16 always packs: oneDNN is torch's bfloat16 kernel either way.
     """
