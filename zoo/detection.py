@@ -133,8 +133,18 @@ class FeaturePyramid(nn.Module):
         return out
 
 
-def _backbone_net(name: str, pretrained: bool, weights_dir: str | os.PathLike | None, freeze_blocks: int | None,
-                  drop_path_rate: float) -> tuple[PEViT, dict[str, list[float]]]:
+def _detector_kwargs(pyramid: FeaturePyramid, stats: dict[str, list[float]], kwargs: dict[str, Any]) -> dict[str, Any]:
+    kwargs.setdefault("image_mean", list(stats["mean"]))
+    kwargs.setdefault("image_std", list(stats["std"]))
+    divisible = kwargs.setdefault("size_divisible", pyramid.max_stride)
+    if divisible % pyramid.max_stride:
+        raise ValueError(f"size_divisible={divisible} must be a multiple of the pyramid's coarsest stride {pyramid.max_stride}")
+    return kwargs
+
+
+def _detector(detector: type, name: str, num_classes: int, pretrained: bool, weights_dir: str | os.PathLike | None,
+              freeze_blocks: int | None, drop_path_rate: float, kwargs: dict[str, Any]) -> Any:
+    """``detector`` (a torchvision class) over the PE net ``name`` and its pyramid, normalized with the checkpoint's statistics."""
     if pretrained:
         from zoo.loader import load_pretrained_model
 
@@ -148,22 +158,8 @@ def _backbone_net(name: str, pretrained: bool, weights_dir: str | os.PathLike | 
         net = create_model(name, drop_path_rate=drop_path_rate)
     if freeze_blocks is not None:
         net.freeze(blocks=freeze_blocks)
-    return net, stats
-
-
-def _detector_kwargs(pyramid: FeaturePyramid, stats: dict[str, list[float]], kwargs: dict[str, Any]) -> dict[str, Any]:
-    kwargs.setdefault("image_mean", list(stats["mean"]))
-    kwargs.setdefault("image_std", list(stats["std"]))
-    divisible = kwargs.setdefault("size_divisible", pyramid.max_stride)
-    if divisible % pyramid.max_stride:
-        raise ValueError(f"size_divisible={divisible} must be a multiple of the pyramid's coarsest stride {pyramid.max_stride}")
-    return kwargs
-
-
-def _pyramid(name: str, pretrained: bool, weights_dir: str | os.PathLike | None, freeze_blocks: int | None,
-             drop_path_rate: float) -> tuple[FeaturePyramid, dict[str, list[float]]]:
-    net, stats = _backbone_net(name, pretrained, weights_dir, freeze_blocks, drop_path_rate)
-    return FeaturePyramid(net, top_pool=True), stats
+    pyramid = FeaturePyramid(net, top_pool=True)
+    return detector(pyramid, num_classes=num_classes, **_detector_kwargs(pyramid, stats, kwargs))
 
 
 def faster_rcnn(
@@ -186,8 +182,7 @@ def faster_rcnn(
     """
     from torchvision.models.detection import FasterRCNN
 
-    pyramid, stats = _pyramid(name, pretrained, weights_dir, freeze_blocks, drop_path_rate)
-    return FasterRCNN(pyramid, num_classes=num_classes, **_detector_kwargs(pyramid, stats, torchvision_kwargs))
+    return _detector(FasterRCNN, name, num_classes, pretrained, weights_dir, freeze_blocks, drop_path_rate, torchvision_kwargs)
 
 
 def mask_rcnn(
@@ -203,8 +198,7 @@ def mask_rcnn(
     """torchvision's Mask R-CNN over a PE net and its ``FeaturePyramid`` (options as ``faster_rcnn``)."""
     from torchvision.models.detection import MaskRCNN
 
-    pyramid, stats = _pyramid(name, pretrained, weights_dir, freeze_blocks, drop_path_rate)
-    return MaskRCNN(pyramid, num_classes=num_classes, **_detector_kwargs(pyramid, stats, torchvision_kwargs))
+    return _detector(MaskRCNN, name, num_classes, pretrained, weights_dir, freeze_blocks, drop_path_rate, torchvision_kwargs)
 
 
 __all__ = ["BASE_STRIDE", "FeaturePyramid", "LayerNorm2d", "faster_rcnn", "mask_rcnn"]
