@@ -150,13 +150,13 @@ SMALL = [n for n in NAMES if get_entry(n).variant[0] in "TSB"]
 
 
 @pytest.fixture(scope="module")
-def meta_hub(tmp_path_factory):
+def meta_hub(module_tmp):
     """Synthetic Meta checkpoints of the small models in a real Hub cache; offline; an empty ZOO_HOME.
 
     PE-Core T16 is a full CLIP file (text tower beside ``visual.``), the others vision-only files.
     Yields ``(tmp, {name: meta vision state dict})``.
     """
-    tmp = tmp_path_factory.mktemp("card_hub")
+    tmp = module_tmp
     vision = {}
     for seed, name in enumerate(SMALL):
         e = get_entry(name)

@@ -35,10 +35,10 @@ CARD_LABELS = ["a diagram", "a dog", "a cat"]
 
 
 @pytest.fixture(scope="module")
-def meta_source(tmp_path_factory):
+def meta_source(module_tmp):
     """A full-size synthetic PE-Core T16 CLIP checkpoint in Meta's layout (bfloat16 keeps it small) and its state."""
     state = meta_clip_state_dict(T16.config, T16.text, seed=11, dtype=torch.bfloat16)
-    path = tmp_path_factory.mktemp("meta") / "PE-Core-T16-384.pt"
+    path = module_tmp / "PE-Core-T16-384.pt"
     torch.save(state, path)
     return path, state
 

@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
+def weights(module_tmp) -> Path:
     """A folder with the converted weights of NAME, made from a synthetic Meta checkpoint."""
-    tmp = tmp_path_factory.mktemp("publish")
+    tmp = module_tmp
     entry = get_entry(NAME)
     src = tmp / entry.source.file
     torch.save(meta_clip_state_dict(entry.config, entry.text, seed=3), src)

@@ -18,9 +18,9 @@ SPATIAL = "rope_i_vit_reg1_t16_pn_npn_avg_c1_pe-spatial"
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory) -> list[Image.Image]:
+def images(module_tmp) -> list[Image.Image]:
     """Photos-like RGB images of odd sizes, written as JPEG and PNG and read back as a user would."""
-    tmp = tmp_path_factory.mktemp("images")
+    tmp = module_tmp
     rng = np.random.default_rng(0)
     out = []
     for i, (h, w) in enumerate([(97, 131), (333, 200), (17, 640), (1, 1), (1080, 721)]):
