@@ -1,10 +1,24 @@
 import shutil
+import tempfile
 
 import pytest
 import torch
 
 import zoo
 from zoo.registry import get_entry
+
+
+SUITE_DISK_GB = 2.3  # the default suite's peak in $TMPDIR (README, "Run the tests")
+
+
+def pytest_report_header(config) -> str:
+    """Free space where the tests write: a disk that fills mid-run fails dozens of tests at random."""
+    folder = tempfile.gettempdir()
+    free = shutil.disk_usage(folder).free / 1e9
+    line = f"free space in {folder}: {free:.1f} GB (the default suite writes at most {SUITE_DISK_GB} GB there)"
+    if free < SUITE_DISK_GB + 0.5:
+        line += "\nWARNING: too little; free some disk or point TMPDIR at a folder with more room"
+    return line
 
 
 @pytest.fixture(autouse=True)
