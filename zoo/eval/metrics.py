@@ -20,8 +20,12 @@ def classification_metrics(scores: torch.Tensor, labels: torch.Tensor, classes: 
     per_class = {}
     for index, name in enumerate(classes):
         mine = labels == index
-        per_class[name] = float(hit1[mine].float().mean()) if mine.any() else None
-    return {"top1": float(hit1.float().mean()), "top5": float(hit5.float().mean()), "per_class": per_class, "n": len(labels)}
+        per_class[name] = _fraction(hit1[mine]) if mine.any() else None
+    return {"top1": _fraction(hit1), "top5": _fraction(hit5), "per_class": per_class, "n": len(labels)}
+
+
+def _fraction(hits: torch.Tensor) -> float:
+    return int(hits.sum()) / max(len(hits), 1)
 
 
 __all__ = ["classification_metrics", "ranked"]

@@ -100,7 +100,7 @@ def compare(name: str, dataset: str, method: str, metrics: dict[str, Any], toler
     """The measured figure against Meta's: ``{dataset, measured, published, difference, tolerance, source, ok}``."""
     value, source = expected(name, dataset, method)
     got = measured(metrics, DATASETS[dataset].key)
-    return {"dataset": dataset, "measured": round(got, 4), "published": value, "difference": round(got - value, 4),
+    return {"dataset": dataset, "measured": got, "published": value, "difference": got - value,
             "tolerance": tolerance, "source": source, "ok": abs(got - value) <= tolerance + 1e-9}
 
 

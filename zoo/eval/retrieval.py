@@ -36,7 +36,8 @@ def first_match_ranks(scores: torch.Tensor, positives: torch.Tensor) -> torch.Te
 
 
 def recall(ranks: torch.Tensor, k: int) -> float:
-    return float((ranks < k).float().mean())
+    """The share of queries whose first match is among the ``k`` best."""
+    return int((ranks < k).sum()) / max(len(ranks), 1)
 
 
 def retrieval_metrics(images: torch.Tensor, texts: torch.Tensor, pairs: eval_data.Pairs, chunk: int = 1024) -> RetrievalResult:
