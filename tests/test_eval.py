@@ -8,6 +8,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+import torch.nn.functional as F
 from open_clip.zero_shot_classifier import build_zero_shot_classifier
 from PIL import Image
 from timm.models.eva import checkpoint_filter_fn
@@ -19,6 +20,7 @@ from zoo.cards import render_card
 from zoo.eval import DATASETS, compare, published_results
 from zoo.eval.data import read_pairs
 from zoo.eval.embed import Compute
+from zoo.eval.knn import knn_scores
 from zoo.eval.zeroshot import zeroshot
 from zoo.paths import weights_dir
 from zoo.registry import RegistryError, load_registry, parse_registry, registry_path
@@ -190,20 +192,20 @@ def test_retrieval_recall_equals_brute_force(env, capsys, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ k-NN
 def dino_knn(train, train_labels, val, val_labels, k, classes, T=0.07):
-    """DINO's weighted k-NN (eval_knn.py's formula) in NumPy: top-1 and top-5 fractions."""
+    """DINO's weighted k-NN (eval_knn.py's formula) in NumPy: the votes [N, C], top-1 and top-5 fractions."""
     train = train / np.linalg.norm(train, axis=1, keepdims=True)
     val = val / np.linalg.norm(val, axis=1, keepdims=True)
     top1 = top5 = 0
-    for v, label in zip(val, val_labels):
+    all_votes = np.zeros((len(val), classes))
+    for v, label, votes in zip(val, val_labels, all_votes):
         sims = train @ v
         nearest = np.argsort(-sims, kind="stable")[:k]
-        votes = np.zeros(classes)
         for j in nearest:
             votes[train_labels[j]] += np.exp(sims[j] / T)
         ranking = np.argsort(-votes, kind="stable")
         top1 += ranking[0] == label
         top5 += label in ranking[:min(5, k)]
-    return top1 / len(val), top5 / len(val)
+    return all_votes, top1 / len(val), top5 / len(val)
 
 
 def folder_embeddings(net, transform, root):
@@ -220,9 +222,14 @@ def test_knn_equals_dino_formula_and_reads_embed_folders(env, capsys):
     transform = classification_transform(info.size, info.rgb_stats)
     train, train_labels = folder_embeddings(net, transform, env["train"])
     val, val_labels = folder_embeddings(net, transform, env["val"])
-    top1, top5 = dino_knn(train, train_labels, val, val_labels, 3, len(COLOURS))
-    assert (result["top1"], result["top5"]) == (pytest.approx(top1, abs=1e-7), pytest.approx(top5, abs=1e-7))
+    _, top1, top5 = dino_knn(train, train_labels, val, val_labels, 3, len(COLOURS))
+    assert (result["top1"], result["top5"]) == (top1, top5)
     assert result["n"] == 12
+    # the votes themselves, with the training set scanned in three uneven blocks and k = 7 across them
+    votes, _, _ = dino_knn(train, train_labels, val, val_labels, 7, len(COLOURS))
+    blocks = [train[:5], train[5:6], train[6:]]
+    got = knn_scores(blocks, torch.as_tensor(train_labels), F.normalize(torch.as_tensor(val), dim=-1), len(COLOURS), k=7)
+    assert np.abs(votes).max() > 1e3 and np.allclose(got.numpy(), votes, rtol=1e-5, atol=0)
 
     emb = env["tmp"] / "emb-train"
     assert main(["embed", CORE.name, str(env["train"]), "--out", str(emb), "--store-dtype", "float32", *FAST]) == 0
