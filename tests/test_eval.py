@@ -27,7 +27,7 @@ from zoo.registry import RegistryError, load_registry, parse_registry, registry_
 from zoo.testing.hub_cache import use_cache
 from zoo.testing.synthetic import meta_clip_state_dict
 from zoo.transforms import classification_transform
-from zoo.weights import convert_checkpoint, convert_text_checkpoint
+from zoo.weights import convert_checkpoint, convert_text_checkpoint, write_finetuned
 
 COLOURS = {"cat": (150, 0, 0), "dog": (0, 150, 0), "fish": (0, 0, 150), "owl": (150, 150, 0)}
 SIZE = "64"  # T16 at 64 px for every run but zero-shot against open_clip (at the native 384 px)
@@ -290,3 +290,19 @@ def test_published_results_registry_and_cards():
         parse_registry(bad)
     with pytest.raises(RegistryError, match="published.url"):
         parse_registry(text.replace("url: https://github.com", "url: github.com", 1))
+
+
+# ------------------------------------------------------------------------------------------------ fine-tuned files
+def test_fine_tuned_file_in_place_of_name(env, tmp_path):
+    """A `zoo finetune` file is evaluated with its own vision tower (here: the base's with the CLIP projection
+    negated, so every cosine score flips sign) and its base checkpoint's text tower, at its training size."""
+    net, _ = zoo.load_pretrained_model(CORE.name)
+    net.reset_classifier(len(COLOURS))
+    state = {k: -v if k == "clip_proj.weight" else v for k, v in net.state_dict().items()}
+    path = tmp_path / "model.safetensors"
+    write_finetuned(path, state, {"base": CORE.name, "base_sha256": None, "tensors": "full",
+                                                   "class_to_idx": {c: i for i, c in enumerate(sorted(COLOURS))}, "size": [64, 64]})
+    compute = Compute(workers=0, progress=False)
+    base = zeroshot(CORE.name, env["val"], templates="simple", compute=dataclasses.replace(compute, size=int(SIZE)))
+    tuned = zeroshot(str(path), env["val"], templates="simple", compute=compute)  # the file's training size: 64
+    assert base.scores.abs().max() > 0.05 and torch.allclose(tuned.scores, -base.scores, atol=1e-6)

@@ -42,12 +42,12 @@ DATASETS: dict[str, Dataset] = {
     "lvis-box": Dataset("LVIS, Mask R-CNN 1024 px", "box mAP", why_not=_DENSE),
     "lvis-mask": Dataset("LVIS, Mask R-CNN 1024 px", "mask mAP", why_not=_DENSE),
     "coco-deta-box": Dataset("COCO, DETA 1824 px", "box mAP", why_not=_DENSE),
-    "docvqa-val": Dataset("DocVQA val", "PLM-8B accuracy", why_not=_MLLM),
-    "infovqa-val": Dataset("InfographicVQA val", "PLM-8B accuracy", why_not=_MLLM),
-    "textvqa": Dataset("TextVQA", "PLM-8B accuracy", why_not=_MLLM),
-    "mvbench": Dataset("MVBench", "PLM-8B accuracy", why_not=_MLLM),
-    "perceptiontest-val": Dataset("PerceptionTest val", "PLM-8B accuracy", why_not=_MLLM),
-    "egoschema-val": Dataset("EgoSchema val", "PLM-8B accuracy", why_not=_MLLM),
+    "docvqa-val": Dataset("DocVQA val", "PLM-8B score, frozen encoder", why_not=_MLLM),
+    "infovqa-val": Dataset("InfographicVQA val", "PLM-8B score, frozen encoder", why_not=_MLLM),
+    "textvqa": Dataset("TextVQA", "PLM-8B score, frozen encoder", why_not=_MLLM),
+    "mvbench": Dataset("MVBench", "PLM-8B score, frozen encoder", why_not=_MLLM),
+    "perceptiontest-val": Dataset("PerceptionTest val", "PLM-8B score, frozen encoder", why_not=_MLLM),
+    "egoschema-val": Dataset("EgoSchema val", "PLM-8B score, frozen encoder", why_not=_MLLM),
 }
 
 
