@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from zoo.eval import data as eval_data
@@ -24,6 +25,13 @@ class Features:
     train_labels: torch.Tensor
     val: torch.Tensor
     val_labels: torch.Tensor
+
+
+def as_rows(block: Any) -> torch.Tensor:
+    """A block of rows (a tensor, a NumPy array or a memory-mapped shard) as a float32 tensor of its own."""
+    if isinstance(block, torch.Tensor):
+        return block.float()
+    return torch.from_numpy(np.array(block, dtype=np.float32))
 
 
 def _space(name: str, sides: list[eval_data.Labelled], compute: Compute) -> tuple[bool, Compute]:
@@ -69,8 +77,8 @@ def labelled_features(name: str, train: str | os.PathLike, val: str | os.PathLik
             net, info = load_vision(name, compute)
         rows[key] = embed_images(net, info, side.paths, compute, clip=clip, desc=f"embed {key}")
     train_blocks = [b for _, b in rows["train"].chunks()] if tr.rows is not None else [rows["train"]]
-    val_rows = torch.as_tensor(rows["val"][:] if va.rows is not None else rows["val"], dtype=torch.float32)
+    val_rows = as_rows(rows["val"][:] if va.rows is not None else rows["val"])
     return Features(tr.classes, train_blocks, torch.tensor(tr.labels), normalized(val_rows), torch.tensor(val_labels))
 
 
-__all__ = ["Features", "labelled_features"]
+__all__ = ["Features", "as_rows", "labelled_features"]

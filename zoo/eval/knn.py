@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.eval.embed import Compute
-from zoo.eval.features import labelled_features
+from zoo.eval.features import as_rows, labelled_features
 from zoo.eval.metrics import classification_metrics
 
 TEMPERATURE = 0.07
@@ -30,7 +30,7 @@ def knn_scores(train: Iterable[torch.Tensor | np.ndarray], train_labels: torch.T
         best_i = torch.zeros((len(v), 0), dtype=torch.long)
         offset = 0
         for block in blocks:
-            s = v @ F.normalize(torch.from_numpy(np.array(block, dtype=np.float32)), dim=-1).T
+            s = v @ F.normalize(as_rows(block), dim=-1).T
             top = s.topk(min(k, s.shape[1]), dim=1)
             merged_s = torch.cat([best_s, top.values], dim=1)
             merged_i = torch.cat([best_i, top.indices + offset], dim=1)

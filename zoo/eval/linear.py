@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from zoo.eval.embed import Compute
-from zoo.eval.features import labelled_features
+from zoo.eval.features import as_rows, labelled_features
 from zoo.eval.metrics import classification_metrics
 
 log = logging.getLogger("zoo")
@@ -50,7 +50,7 @@ def linear(name: str, train: str | os.PathLike, val: str | os.PathLike, *, seed:
     """Top-1/top-5 of a linear probe of ``name`` trained on ``train`` and measured on ``val`` (image folders or
     ``zoo embed`` folders of them); the JSON also holds ``C``, the chosen regularisation."""
     feats = labelled_features(name, train, val, compute or Compute())
-    x = torch.nn.functional.normalize(torch.cat([torch.from_numpy(np.array(b, dtype=np.float32)) for b in feats.train_blocks]), dim=-1)
+    x = torch.nn.functional.normalize(torch.cat([as_rows(b) for b in feats.train_blocks]), dim=-1)
     probe, c = fit_probe(x.numpy(), feats.train_labels.numpy(), seed)
     scores = torch.full((len(feats.val), len(feats.classes)), float("-inf"))
     scores[:, torch.as_tensor(probe.classes_)] = torch.as_tensor(probe.predict_log_proba(feats.val.numpy()), dtype=torch.float32)
