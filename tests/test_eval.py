@@ -124,12 +124,16 @@ def test_zeroshot_equals_open_clip_pipeline(env, tmp_path):
         assert m["per_class"][name] == int((want[labels == c, 0] == c).sum()) / 2
 
 
-def test_expect_compares_with_the_published_figure(env, capsys):
+def test_expect_compares_with_the_published_figure(env, capsys, tmp_path):
     """A run with --expect: the measured figure against Meta's, and exit status 1 when outside the tolerance."""
+    out = tmp_path / "result.json"
     assert main(["eval", "zeroshot", CORE.name, "--data", str(env["val"]), "--templates", "simple", *FAST,
-                 "--expect", "imagenet-1k", "--tolerance", "0.3", "--json"]) == 1
-    result = json.loads(capsys.readouterr().out)
+                 "--expect", "imagenet-1k", "--tolerance", "0.3", "--out", str(out)]) == 1
+    result = json.loads(out.read_text())
     check = result["expect"]
+    table = capsys.readouterr().out.splitlines()
+    assert table[1:4] == ["8 images, 4 classes", f"top-1  {100 * result['top1']:6.2f} %", f"top-5  {100 * result['top5']:6.2f} %"]
+    assert table[4].startswith(f"imagenet-1k: measured {check['measured']:.2f}, published 62.10") and "OUTSIDE the tolerance of 0.3" in table[4]
     assert check["published"] == 62.1 and check["measured"] == pytest.approx(100 * result["top1"])
     assert check["difference"] == pytest.approx(check["measured"] - 62.1) and check["ok"] is False
     inside = compare(CORE.name, "imagenet-1k", "zeroshot", {"top1": 0.6225}, tolerance=0.3)
@@ -164,15 +168,20 @@ def test_retrieval_recall_equals_brute_force(env, capsys, tmp_path):
         owner += [i] * len(texts)
     jsonl = env["tmp"] / "pairs.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = run_json(capsys, "retrieval", CORE.name, "--pairs", str(jsonl), *FAST, "--batch-size", "5")
+    out = tmp_path / "recall.json"
+    assert main(["eval", "retrieval", CORE.name, "--pairs", str(jsonl), *FAST, "--batch-size", "5", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    table = capsys.readouterr().out.splitlines()
+    t2i = "".join(f"{100 * result['text_to_image'][f'recall@{k}']:>8.2f}" for k in (1, 5, 10))
+    assert table[1] == f"16 images, {len(captions)} captions" and table[4] == f"{'text to image':<14}{t2i}"
     assert result["images"] == 16 and result["captions"] == len(captions)
 
     clip = zoo.load_pretrained_clip(CORE.name, inference=True)
     transform = classification_transform(int(SIZE), CORE.rgb_stats)
     tokenizer = zoo.get_tokenizer(CORE.name)
-    with torch.no_grad():
-        images = [clip.encode_image(transform(Image.open(p)).unsqueeze(0), normalize=True)[0] for p in paths]
-        texts = [clip.encode_text(tokenizer([c]), normalize=True)[0] for c in captions]
+    with torch.no_grad():  # one batch each, no DataLoader
+        images = clip.encode_image(torch.stack([transform(Image.open(p)) for p in paths]), normalize=True)
+        texts = clip.encode_text(tokenizer(captions), normalize=True)
     for k in (1, 5, 10):
         i2t, t2i = brute_force_recall(images, texts, captions, owner, k)
         assert result["image_to_text"][f"recall@{k}"] == pytest.approx(i2t, abs=1e-7)
