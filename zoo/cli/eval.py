@@ -34,9 +34,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
         if path is not None and not path.parent.is_dir():
             raise ValueError(f"{option} {path}: the folder {path.parent} does not exist; create it or choose another path")
     if args.plot is not None:
-        from zoo.eval.report import _pyplot
+        from zoo.eval.report import pyplot
 
-        _pyplot()
+        pyplot()
 
 
 def _run(args: argparse.Namespace) -> dict:

@@ -17,7 +17,8 @@ def write_result(path: str | os.PathLike, result: dict[str, Any]) -> None:
     write_json(Path(path), result)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or an ImportError naming the extra to install."""
     try:
         import matplotlib
 
@@ -30,7 +31,7 @@ def _pyplot():
 
 def plot(path: str | os.PathLike, method: str, result: dict[str, Any], title: str) -> None:
     """A PNG chart of ``result``: recall@k curves for retrieval, else per-class top-1 bars (sorted)."""
-    plt = _pyplot()
+    plt = pyplot()
     if method == "retrieval":
         fig, ax = plt.subplots(figsize=(6, 4))
         curves = result["curves"]
@@ -61,4 +62,4 @@ def plot(path: str | os.PathLike, method: str, result: dict[str, Any], title: st
     write_atomic(Path(path), lambda f: f.write(buffer.getvalue()))
 
 
-__all__ = ["plot", "write_result"]
+__all__ = ["plot", "pyplot", "write_result"]
