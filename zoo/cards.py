@@ -227,6 +227,22 @@ def _rebuild(entry: Entry) -> str:
     return "\n".join(lines)
 
 
+def _published(entry: Entry) -> str:
+    """Meta's published results as a table, with their source and the command that checks each one."""
+    from zoo.eval.published import DATASETS
+
+    p = entry.published
+    if not p:
+        return "Meta has published no results for this checkpoint."
+    rows = ["| dataset | metric | Meta's figure | check with `python -m zoo eval` |", "|---|---|---|---|"]
+    for key, value in p["results"].items():
+        d = DATASETS[key]
+        check = f"`{d.method} ... --expect {key}`" if d.method else "not measurable by `zoo eval`"
+        rows.append(f"| {d.title} | {d.metric} | {value:.1f} | {check} |")
+    return "\n".join([f"From {p['source']} ([source]({p['url']})). These are Meta's figures for its original "
+                      "checkpoint, not measured by pe-zoo.", "", *rows])
+
+
 def render_card(entry: Entry | str) -> str:
     """The full Markdown of one registry entry's Hub card (an ``Entry`` or a registry name)."""
     entry = get_entry(entry) if isinstance(entry, str) else entry
@@ -236,6 +252,8 @@ def render_card(entry: Entry | str) -> str:
         _summary(entry),
         "## Model details",
         _details(entry),
+        "## Published results",
+        _published(entry),
         "## Papers",
         "\n".join(f"- {t} ([arXiv:{a}](https://arxiv.org/abs/{a}))" for t, a, _ in (PAPERS[p] for p in entry.papers)),
         "## Usage",

@@ -7,6 +7,7 @@ import difflib
 import fnmatch
 import functools
 import math
+import re
 from collections.abc import Hashable
 from dataclasses import dataclass
 from importlib import resources
@@ -51,6 +52,7 @@ class Entry:
     license: str
     papers: tuple[str, ...]
     text: TextConfig | None = None  # Core entries only
+    published: dict[str, Any] | None = None  # {"source", "url", "results": {dataset: value}}: Meta's figures, cited
 
     @property
     def size(self) -> tuple[int, int]:
@@ -80,8 +82,9 @@ _SCHEMA: dict[str, type | tuple[type, ...]] = {
     "license": str,
     "card": dict,
     "text": dict,  # required for Core, absent otherwise
+    "published": dict,  # optional: Meta's published results (see _published)
 }
-_OPTIONAL = {"text"}
+_OPTIONAL = {"text", "published"}
 
 
 def _field(name: str, where: str, data: dict, key: str, typ: type | tuple[type, ...], nullable: bool = False) -> Any:
@@ -124,6 +127,23 @@ def _check_shape(name: str, where: str, sig: dict) -> list[int]:
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise RegistryError(f"registry entry {name!r}: field 'signature.{where}[0].data_shape' must be a list of ints")
     return shape
+
+
+def _published(name: str, data: dict) -> dict[str, Any]:
+    """``published: {source: text, url: https://..., results: {dataset: number in [0, 100]}}``, checked."""
+    extra = sorted(set(data) - {"source", "url", "results"})
+    if extra:
+        raise RegistryError(f"registry entry {name!r}: unknown field(s) {['published.' + k for k in extra]}")
+    source, url = _field(name, "published.", data, "source", str), _field(name, "published.", data, "url", str)
+    if not url.startswith("https://"):
+        raise RegistryError(f"registry entry {name!r}: field 'published.url' must be an https:// address, got {url!r}")
+    results = _field(name, "published.", data, "results", dict)
+    for key, value in results.items():
+        if not isinstance(key, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", key):
+            raise RegistryError(f"registry entry {name!r}: 'published.results' key {key!r} must be a lowercase dataset name like imagenet-1k")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+            raise RegistryError(f"registry entry {name!r}: field 'published.results.{key}' must be a number from 0 to 100, got {value!r}")
+    return {"source": source, "url": url, "results": {k: float(v) for k, v in results.items()}}
 
 
 def _parse_entry(name: str, data: Any) -> Entry:
@@ -216,6 +236,7 @@ def _parse_entry(name: str, data: Any) -> Entry:
         license=data["license"],
         papers=papers,
         text=text,
+        published=_published(name, _field(name, "", data, "published", dict)) if "published" in data else None,
     )
 
 
