@@ -61,6 +61,13 @@ def photos(hub, tmp_path):
     return folder
 
 
+def dead_pid() -> int:
+    """The id of a process that has ended (what a killed run's temporary files are named with)."""
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
 UNREADABLE = ("corrupt.jpg", "huge.png", "notes.png", "truncated.jpg")
 
 
@@ -135,7 +142,7 @@ def test_resume_redoes_only_missing_shards(photos, tmp_path, capsys):
     (cut / "shard-00001.json").unlink()
     (cut / "shard-00003.json").unlink()
     (cut / "shard-00003.npy").write_bytes(b"partial")
-    (cut / ".shard-00005.npy.x.tmp").write_bytes(b"partial")
+    (cut / f".shard-00005.npy.{dead_pid()}.ab12cd34.tmp").write_bytes(b"partial")
     np.save(cut / "shard-00004.npy", np.zeros((1, 192), np.float16))  # rows that do not match their record
     (cut / "manifest.json").unlink()
     (cut / "errors.txt").unlink()
