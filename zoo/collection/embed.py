@@ -121,7 +121,7 @@ def _device(device: str | None) -> torch.device:
 
 
 def _differences(found: dict[str, Any], asked: dict[str, Any], keys: Sequence[str] = IDENTITY) -> list[str]:
-    return [f"{k} {found.get(k)!r} there, {asked[k]!r} asked" for k in keys if found.get(k) != asked[k]]
+    return [f"{k} {found.get(k)!r} there, {asked[k]!r} asked" for k in keys if k in asked and found.get(k) != asked[k]]
 
 
 def _only_stale_settings(out: Path) -> bool:
@@ -259,18 +259,20 @@ def embed_collection(
     entry = get_entry(name)
     if what == "clip" and not entry.config.clip_dim:
         raise ValueError(f"--what clip needs a PE-Core model (the CLIP projection); {entry.name} has none: use --what embedding")
+    known = {"format": FORMAT, "model": entry.name, "what": what, "normalize": normalize,
+             "dtype": str(dtype).removeprefix("torch."), "store_dtype": store_dtype, "shard_size": shard_size,
+             "num_inputs": len(paths), "inputs_sha256": _inputs_sha256(paths)}
+    if append or (out / SETTINGS).exists():
+        _check(out, known, append)  # what can be told before the weights load (the rest after)
     dev = _device(device)
     rank, world, own_group = _distributed(str(dev))
     try:
         net, info = load_entry(entry, inference=True, dtype=dtype, device=dev, new_size=size,
                                weights_dir=weights_dir, progress_bar=progress and rank == 0)
         sha = weights.verify(info.weights, entry.weights.sha256, weights.converter_command(entry))
-        settings = {
-            "format": FORMAT, "model": entry.name, "weights_sha256": sha, "what": what, "normalize": normalize,
-            "dtype": str(dtype).removeprefix("torch."), "size": list(info.size),
-            "dim": entry.config.clip_dim if what == "clip" else entry.config.width, "store_dtype": store_dtype,
-            "shard_size": shard_size, "num_inputs": len(paths), "inputs_sha256": _inputs_sha256(paths),
-        }
+        settings = {**known, "weights_sha256": sha, "size": list(info.size),
+                    "dim": entry.config.clip_dim if what == "clip" else entry.config.width}
+        settings = {k: settings[k] for k in IDENTITY}  # settings.json in its usual key order
         if rank == 0:
             _prepare(out, settings, append)
         _barrier(world, dev)
