@@ -27,7 +27,7 @@ from zoo.__main__ import main
 from zoo.collection import CollectionError, MappedRows, expand_inputs, top_k
 from zoo.collection.embed import ImageFiles
 from zoo.collection.store import (
-    FORMAT, escape_line, remove_temporaries, write_json, write_manifest, write_shard,
+    FORMAT, escape_line, remove_temporaries, write_manifest, write_shard,
 )
 from zoo.paths import weights_dir
 from zoo.registry import load_registry

@@ -195,16 +195,16 @@ def _plan_append(out: Path, paths: list[str], rank: int, world: int, dev: torch.
     new = [p for p in paths if os.path.realpath(p) not in present]
     base = len(manifest["shards"])
     plan = {"first_shard": base, "num_inputs": len(new), "inputs_sha256": _inputs_sha256(new)}
+    try:
+        pending = read_json(out / APPEND)
+    except (OSError, ValueError):
+        pending = None
+    if pending is not None and pending != plan and pending not in manifest.get("appends", []):  # every rank alike
+        raise CollectionError(
+            f"--append: an interrupted append of other inputs is pending in {out} ({APPEND}): run that command "
+            f"again to finish it first, or delete {out / APPEND} to drop it"
+        )
     if rank == 0:
-        try:
-            pending = read_json(out / APPEND)
-        except (OSError, ValueError):
-            pending = None
-        if pending is not None and pending != plan and pending not in manifest.get("appends", []):
-            raise CollectionError(
-                f"--append: an interrupted append of other inputs is pending in {out} ({APPEND}): run that command "
-                f"again to finish it first, or delete {out / APPEND} to drop it"
-            )
         if pending != plan:
             (out / APPEND).unlink(missing_ok=True)  # none, or one the manifest already took
             if new:  # shards past the manifest's are no append's (not this plan's): never take them as done
