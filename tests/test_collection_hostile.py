@@ -144,6 +144,7 @@ def test_killed_while_writing_settings_resumes(core_home, tmp_path):
     ({"shards": [{"embeddings": "../x/shard-00000.npy", "paths": "shard-00000.json", "rows": 3}]}, "not a plain file name"),
     ({"shards": [{"embeddings": "shard-00000.npy", "paths": "..", "rows": 3}]}, "not a plain file name"),
     ({"rows": 4}, "do not add up to 4"),
+    ({"appends": "x"}, "'appends' is not a list"),
 ])
 def test_damaged_or_hostile_manifest_one_clear_error(tmp_path, change, message):
     out = fake_collection(tmp_path / "c", [np.ones((3, 8), np.float16)], change)

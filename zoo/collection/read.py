@@ -117,6 +117,8 @@ def check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
                                       "collection's folder: refused (a received collection cannot read files elsewhere)")
         if shard["rows"] < 0:
             raise _damaged(path, f"shard {i} has {shard['rows']} rows")
+    if not isinstance(manifest.get("appends", []), list):
+        raise _damaged(path, "'appends' is not a list")
     if sum(s["rows"] for s in manifest["shards"]) != manifest["rows"]:
         raise _damaged(path, f"the shards' rows do not add up to {manifest['rows']}")
     return manifest
