@@ -247,9 +247,38 @@ def core_weights(hub, tmp_path):
     return zoo.load_pretrained_model(CORE.name, inference=True)[0]
 
 
+def test_cli_onnx_small_size_force_and_stale_staging(hub, tmp_path, monkeypatch, capsys):
+    """The CLI path (load by name, export, check, write) for T16 Core cut to one block, at 64 px. An existing
+    --out is kept unless --force. A staging folder (the whole model) left by a killed export of the same file
+    is removed, a running export's is not. (The full T16 at other sizes: test_cli_onnx_and_pt2, slow.)"""
+    from tests.test_collection_hostile import dead_pid, small_core
+
+    small_core(monkeypatch, tmp_path)
+    core_weights = zoo.load_pretrained_model(CORE.name, inference=True)[0]
+    assert core_weights.cfg.depth == 1
+    out = tmp_path / "core.onnx"
+    out.write_text("my notes")
+    stale, live = tmp_path / f".core.onnx.{dead_pid()}.x1.tmp", tmp_path / f".core.onnx.{os.getpid()}.x2.tmp"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "core.onnx").write_bytes(b"weights")
+    args = ["export", CORE.name, "--out", str(out), "--size", "64"]
+    assert main(args) == 1
+    assert "already exists; pass --force" in one_line_error(capsys) and out.read_text() == "my notes"
+    for export in (to_onnx, to_pt2):  # the library refuses too, before tracing
+        with pytest.raises(FileExistsError, match="already exists"):
+            export(core_weights, out)
+    assert main([*args, "--force"]) == 0
+    assert "checked with ONNX Runtime" in capsys.readouterr().err
+    x = image(2, 64, 64, 0)
+    assert_close(ort_run(out, x), eager(core_weights, "embedding", x))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [live.name]
+
+
+@pytest.mark.slow
 def test_cli_onnx_and_pt2(core_weights, tmp_path, capsys):
     out = tmp_path / "core.onnx"
-    assert main(["export", CORE.name, "--out", str(out), "--dynamic", "batch,size", "--size", "320", "352"]) == 0
+    assert main(["export", CORE.name, "--out", str(out), "--dynamic", "batch,size", "--size", "320"]) == 0
     assert "checked with ONNX Runtime" in capsys.readouterr().err
     x = image(2, *ODD, 0)
     assert_close(ort_run(out, x), eager(core_weights, "embedding", x))
@@ -257,6 +286,13 @@ def test_cli_onnx_and_pt2(core_weights, tmp_path, capsys):
     assert main(["export", CORE.name, "--out", str(out), "--method", "clip_embedding"]) == 0
     x = image(3, NATIVE, NATIVE, 0)
     assert_close(pt2_run(out, x), eager(core_weights, "clip_embedding", x))
+
+
+def test_opset_torch_cannot_write_is_refused(tmp_path):
+    net, _ = small_net(CORE)
+    with pytest.raises(ExportError, match="cannot write opset 13 .*it wrote opset 18"):
+        to_onnx(net, tmp_path / "m.onnx", size=64, opset=13)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
@@ -289,6 +325,19 @@ def test_cli_without_the_onnx_extra(hub, tmp_path, monkeypatch, capsys):
     assert main(["export", CORE.name, "--out", str(out / "m.onnx")]) == 1
     assert "pip install 'pe-zoo[onnx]'" in one_line_error(capsys)
     assert not out.exists()
+
+
+def test_cli_help_examples_and_size(capsys):
+    helps = {}
+    for command in ("export", "embed", "search"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        helps[command] = capsys.readouterr().out
+        assert f"examples:\n  python -m zoo {command} " in helps[command]
+    assert "--dynamic AXES" in helps["export"] and "{batch,batch,size}" not in helps["export"]
+    with pytest.raises(SystemExit):  # --size is one number, as in the other commands
+        main(["export", CORE.name, "--out", "m.onnx", "--size", "320", "352"])
+    assert "unrecognized arguments: 352" in capsys.readouterr().err
 
 
 def test_cli_bad_options(tmp_path, capsys):

@@ -8,7 +8,9 @@ graph). The graph holds standard operators only (plain matmuls, never the eager 
 weights). Before reporting success each export runs its artifact (ONNX Runtime for ``.onnx``,
 ``torch.export.load`` for ``.pt2``) against the eager net on random inputs; beyond the tolerance the
 file is deleted and ``ExportError`` raised. Files appear atomically (written into a temporary folder
-beside the destination, then moved into place).
+``.<file>.<pid>.<random>.tmp`` beside the destination, then moved into place); an existing file is
+replaced only with ``force=True``, and staging folders that killed exports left are removed by the next
+export to the same file.
 
 ONNX needs the optional extra ``pip install 'pe-zoo[onnx]'`` (onnx, onnxruntime, onnxscript).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import glob
 import io
 import logging
 import os
@@ -31,6 +34,7 @@ from torch import nn
 
 from zoo.nets.pe_vit import PEViT, set_packing
 from zoo.nets.text import PEText
+from zoo.weights.writer import _pid_alive
 
 log = logging.getLogger("zoo")
 
@@ -169,11 +173,31 @@ def _twin(net: nn.Module) -> nn.Module:
 
 
 # -------------------------------------------------------------- writing, checking
+def _refuse_existing(path: Path, force: bool) -> None:
+    if not force and (path.exists() or path.is_symlink()):
+        raise FileExistsError(f"{path} already exists; pass --force (force=True) to replace it, or choose another --out")
+
+
+def remove_stale_staging(path: Path) -> list[Path]:
+    """Remove the staging folders (``.<name>.<pid>.<random>.tmp``) that killed exports of ``path`` left; never a
+    running export's (its process alive). Returns those removed."""
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".")[0]
+        if tmp.is_dir() and not tmp.is_symlink() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+            log.info("removed %s, left by an interrupted export (process %s)", tmp, pid)
+    return removed
+
+
 @contextlib.contextmanager
 def _staging(path: Path) -> Iterator[Path]:
-    """A temporary folder beside ``path`` (same file system: the final moves are atomic), always removed."""
+    """A temporary folder beside ``path`` (same file system: the final moves are atomic), always removed;
+    stale ones of earlier killed exports of ``path`` are removed first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_staging(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
     finally:
@@ -201,7 +225,9 @@ def _compare(spec: _Spec, run: Callable[[torch.Tensor], list[torch.Tensor]], wha
     return worst
 
 
-def _move_into_place(files: list[Path], dest_dir: Path) -> None:
+def _move_into_place(files: list[Path], dest_dir: Path, force: bool) -> None:
+    for f in files:
+        _refuse_existing(dest_dir / f.name, force)  # written meanwhile by someone else
     for f in files:  # the main file last: once it exists, everything it refers to does
         os.replace(f, dest_dir / f.name)
 
@@ -230,6 +256,19 @@ def require_onnx():
     return onnxruntime
 
 
+def _check_opset(path: Path, opset: int | None) -> None:
+    """Refuse a file whose ONNX opset is not the one asked (torch falls back to its own when it cannot convert)."""
+    if opset is None:
+        return
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    wrote = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if wrote != opset:
+        raise ExportError(f"torch's ONNX exporter cannot write opset {opset} for this net (it wrote opset {wrote}); "
+                          f"pass --opset {wrote} or higher, or leave --opset out; nothing was written")
+
+
 def _ort_session(path: Path, threads: int | None = None):
     """An ONNX Runtime CPU session with all graph optimisations on."""
     ort = require_onnx()
@@ -251,6 +290,7 @@ def to_onnx(
     opset: int | None = None,
     layers: list[int] | None = None,
     external_data: bool | None = None,
+    force: bool = False,
 ) -> Path:
     """Export ``getattr(net, method)`` to an ONNX file, checked with ONNX Runtime against the eager net.
 
@@ -259,10 +299,13 @@ def to_onnx(
     ``"batch,size"`` (height and width any multiple of the patch size). ``opset``: the ONNX opset (default:
     torch's). ``layers``: block indices for ``detection_features`` (outputs ``block{i}``; default ``neck``).
     ``external_data``: weights in ``<file>.data`` beside the model (default: when they exceed ONNX's 2 GB limit).
-    The input is named ``image`` (``tokens`` for a text tower), the outputs after the method. Returns the path.
+    The input is named ``image`` (``tokens`` for a text tower), the outputs after the method. An existing file
+    is replaced only with ``force=True`` (else ``FileExistsError``); an ``opset`` torch's exporter cannot write
+    raises ``ExportError`` naming the one it can. Returns the path.
     """
     require_onnx()
     path = Path(path)
+    _refuse_existing(path, force)
     spec = _Spec(net, method, size, dynamic, layers)
     if spec.dtype == torch.bfloat16:
         raise ValueError("ONNX has no bfloat16 convolution (ONNX Runtime cannot load it): export float32 or float16, "
@@ -280,6 +323,7 @@ def to_onnx(
             )
             program.save(staged, external_data=external_data)
             del program
+        _check_opset(staged, opset)
         files = sorted(tmp.iterdir(), key=lambda f: f == staged)
         if external_data:
             log.info("weights (%.2f GB) written as external data beside the model: %s", weight_bytes / 1e9,
@@ -288,7 +332,7 @@ def to_onnx(
         err = _compare(spec, lambda x: [torch.from_numpy(o) for o in session.run(None, {spec.input_name: x.numpy()})],
                        "the ONNX Runtime result")
         del session
-        _move_into_place(files, path.parent)
+        _move_into_place(files, path.parent, force)
     log.info("wrote %s (checked with ONNX Runtime: scaled max difference %.1e)", path, err)
     return path
 
@@ -302,11 +346,13 @@ def to_pt2(
     size: int | tuple[int, int] | None = None,
     dynamic: str = "batch",
     layers: list[int] | None = None,
+    force: bool = False,
 ) -> Path:
     """Export ``getattr(net, method)`` as a ``torch.export`` program (``.pt2``), checked after
     ``torch.export.load`` against the eager net. Options as ``to_onnx``; run it with
     ``torch.export.load(path).module()(x)``, which returns a tuple (one tensor per output). Returns the path."""
     path = Path(path)
+    _refuse_existing(path, force)
     spec = _Spec(net, method, size, dynamic, layers)
     with _staging(path) as tmp:
         staged = tmp / path.name
@@ -318,7 +364,7 @@ def to_pt2(
         loaded = torch.export.load(staged).module()
         with torch.no_grad():
             err = _compare(spec, lambda x: list(loaded(x)), "the torch.export program")
-        _move_into_place([staged], path.parent)
+        _move_into_place([staged], path.parent, force)
     log.info("wrote %s (checked after torch.export.load: scaled max difference %.1e)", path, err)
     return path
 

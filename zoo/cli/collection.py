@@ -11,6 +11,15 @@ from pathlib import Path
 from zoo.cli.common import DTYPES, add_device, add_weights_dir
 
 BATCH_SIZE = 32
+EMBED_EXAMPLES = """examples:
+  python -m zoo embed rope_i_vit_b16_pn_aps_c1_pe-core photos/ --out emb/ --what clip --normalize
+  python -m zoo embed rope_i_vit_b16_pn_aps_c1_pe-core 'more/**/*.jpg' @list.txt --out emb/ --what clip --normalize --append
+  torchrun --nproc-per-node 8 -m zoo embed rope_i_vit_l14_pn_aps_c1_pe-core @list.txt --out emb/ --device cuda
+"""
+SEARCH_EXAMPLES = """examples:
+  python -m zoo search emb/ --text "a red bicycle" -k 5
+  python -m zoo search emb/ --image query.jpg --json
+"""
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -22,7 +31,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         args.name, args.inputs, args.out, what=args.what, normalize=args.normalize, store_dtype=args.store_dtype,
         shard_size=args.shard_size, batch_size=args.batch_size, workers=args.workers, dtype=DTYPES[args.dtype],
         device=args.device, size=args.size, weights_dir=args.weights_dir, optimize=args.optimize,
-        progress=not args.quiet,
+        progress=not args.quiet, append=args.append,
     )
     if int(os.environ.get("RANK", "0")) == 0 and not args.quiet:
         print(f"{result.out}: {result.rows} embeddings in {result.shards} shards, {result.errors} unreadable images"
@@ -32,6 +41,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from zoo.collection import search
+    from zoo.collection.store import escape_line
 
     hits = search(args.directory, k=args.k, text=args.text, image=args.image, device=args.device,
                   weights_dir=args.weights_dir)
@@ -39,19 +49,22 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps([h.to_dict() for h in hits], indent=1))
     else:
         for h in hits:
-            print(f"{h.rank:>4}  {h.score:.4f}  {h.path}")
+            print(f"{h.rank:>4}  {h.score:.4f}  {escape_line(h.path)}")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``embed`` and ``search`` to the ``python -m zoo`` parser."""
     helptext = "embed a collection of images into a sharded, resumable folder (also under torchrun)"
-    p = sub.add_parser("embed", help=helptext, description=helptext + ". Restart the same command to resume.")
+    p = sub.add_parser("embed", help=helptext, description=helptext + ". Restart the same command to resume.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EMBED_EXAMPLES)
     p.add_argument("name", help="a registry name (see `list`)")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders (recursive), glob patterns ('photos/**/*.jpg') or @list.txt (one path a line)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="output folder: shard-*.npy/.json, manifest.json, errors.txt (an existing one is resumed)")
+    p.add_argument("--append", action="store_true",
+                   help="add the inputs a finished --out does not hold yet as new shards (same model and options)")
     p.add_argument("--what", choices=["embedding", "clip"], default="embedding",
                    help="the pooled embedding (default) or clip: projected into CLIP space (PE-Core; needed for text search)")
     p.add_argument("--normalize", action="store_true", help="store unit-length rows")
@@ -69,13 +82,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_embed)
 
     helptext = "search an embedded collection by text or by image (exact cosine top-k)"
-    p = sub.add_parser("search", help=helptext, description=helptext + ".")
+    p = sub.add_parser("search", help=helptext, description=helptext + ".",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SEARCH_EXAMPLES)
     p.add_argument("directory", type=Path, metavar="DIR", help="a folder written by `embed`")
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", help='a text query, e.g. "a red bicycle" (needs a collection embedded with --what clip)')
     query.add_argument("--image", metavar="IMAGE", help="an image file: its nearest images")
     p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON (rank, score, path, row)")
+    p.add_argument("--json", action="store_true",
+                   help="print the results as JSON (rank, score, path, row); plain lines escape tabs, newlines and "
+                        "backslashes in paths as \\t \\n \\\\")
     add_weights_dir(p)
     add_device(p)
     p.set_defaults(func=cmd_search)

@@ -20,18 +20,19 @@ def _format(args: argparse.Namespace) -> str:
     return fmt
 
 
-def _size(values: list[int] | None) -> tuple[int, int] | None:
-    if values is None:
-        return None
-    if len(values) not in (1, 2):
-        raise ValueError(f"--size takes H or H W, got {len(values)} numbers")
-    return (values[0], values[-1])
+EXAMPLES = """examples:
+  python -m zoo export rope_i_vit_b16_pn_aps_c1_pe-core --out b16.onnx
+  python -m zoo export rope_i_vit_b16_pn_aps_c1_pe-core --out b16.pt2 --method clip_embedding --size 320
+  python -m zoo export rope_i_vit_b16_pn_aps_c1_pe-core --out b16-any.onnx --dynamic batch,size --force
+"""
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from zoo import export
 
     fmt = _format(args)
+    if args.out.exists() and not args.force:  # before loading any weights
+        raise FileExistsError(f"{args.out} already exists; pass --force to replace it, or choose another --out")
     if fmt == "onnx":
         export.require_onnx()  # before loading any weights
     dtype = DTYPES[args.dtype]
@@ -46,15 +47,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         from zoo.loader import load_pretrained_model
 
-        size = _size(args.size)
-        net, _ = load_pretrained_model(args.name, inference=True, dtype=dtype, new_size=size, weights_dir=args.weights_dir)
-        options = {"method": args.method, "size": size, "dynamic": args.dynamic, "layers": args.layers}
+        net, _ = load_pretrained_model(args.name, inference=True, dtype=dtype, new_size=args.size, weights_dir=args.weights_dir)
+        options = {"method": args.method, "size": args.size, "dynamic": args.dynamic, "layers": args.layers}
     if fmt == "onnx":
-        export.to_onnx(net, args.out, opset=args.opset, **options)
+        export.to_onnx(net, args.out, opset=args.opset, force=args.force, **options)
     else:
         if args.opset is not None:
             raise ValueError("--opset applies to --format onnx only")
-        export.to_pt2(net, args.out, **options)
+        export.to_pt2(net, args.out, force=args.force, **options)
     return 0
 
 
@@ -63,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     from zoo.export import DYNAMIC, METHODS
 
     helptext = "export a checkpoint to ONNX or a torch.export program (.pt2), checked against the eager net"
-    p = sub.add_parser("export", help=helptext, description=helptext + "; the file appears only when the check passes")
+    p = sub.add_parser("export", help=helptext, description=helptext + "; the file appears only when the check passes",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
     p.add_argument("name", help="a registry name (see `list`)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="the file to write (*.onnx or *.pt2)")
     p.add_argument("--format", choices=sorted(set(FORMATS.values())), help="default: from the --out suffix")
@@ -71,13 +72,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what the graph computes (default: embedding; forward for a net with a classifier head)")
     p.add_argument("--layers", type=int, nargs="+", metavar="I",
                    help="detection_features: block indices to output as block{i} (default: the final 'neck' map)")
-    p.add_argument("--size", type=int, nargs="+", metavar="PX", help="traced input size: H [W] (default: the native size)")
-    p.add_argument("--dynamic", choices=DYNAMIC, default="batch",
-                   help="dynamic axes: batch (default), or batch,size (height and width: any multiple of the patch size)")
+    p.add_argument("--size", type=int, metavar="PX",
+                   help="traced input size in pixels, square (default: the native size); other sizes: --dynamic batch,size")
+    p.add_argument("--dynamic", choices=DYNAMIC, default="batch", metavar="AXES",
+                   help="dynamic axes: 'batch' (default), or 'batch,size' (also height and width: any multiple of the patch size)")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32",
                    help="weights and input dtype (default float32; ONNX: float32 or float16)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: torch's exporter's)")
     p.add_argument("--text", action="store_true", help="export the PE-Core text tower (token ids in, text features out)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     add_weights_dir(p)
     p.set_defaults(func=cmd_export)
 

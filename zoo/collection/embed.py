@@ -3,6 +3,8 @@
 Shard ``s`` holds the readable images among inputs ``[s * shard_size, (s + 1) * shard_size)``; under
 ``torch.distributed`` rank ``r`` of ``w`` writes the shards ``s`` with ``s % w == r``, and rank 0 writes the
 manifest once every shard is there. A restart with the same inputs and options redoes only missing shards.
+``append=True`` adds the inputs a finished collection does not hold yet as new shards, numbered on from
+its last; ``append.json`` records the plan until the manifest takes the new shards.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from zoo import weights
 from zoo.collection.inputs import expand_inputs
+from zoo.collection.read import read_manifest, shard_paths
 from zoo.collection.store import (
-    FORMAT, MANIFEST, SETTINGS, CollectionError, read_json, remove_temporaries, shard_done, write_json, write_manifest,
-    write_shard,
+    APPEND, FORMAT, MANIFEST, SETTINGS, CollectionError, read_json, remove_temporaries, shard_done, stale_temporaries,
+    write_json, write_manifest, write_shard,
 )
 from zoo.inference import open_image
 from zoo.loader import load_entry
@@ -41,6 +44,7 @@ STORE_DTYPES = ("float16", "float32")
 OPTIMIZE_MIN_IMAGES = 32  # from this many images on, zoo.optimize repays a compile (where it compiles)
 IDENTITY = ("format", "model", "weights_sha256", "what", "normalize", "dtype", "size", "dim", "store_dtype",
             "shard_size", "num_inputs", "inputs_sha256")
+INPUT_KEYS = ("num_inputs", "inputs_sha256")  # what an --append may change
 DIST_TIMEOUT = timedelta(hours=2)  # ranks wait at most about one shard's work for each other
 
 
@@ -67,6 +71,8 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        if os.path.exists(self.paths[i]) and not os.path.isfile(self.paths[i]):  # a FIFO would block open() forever
+            return i, None, "not a regular file (a folder, FIFO, socket or device)"
         try:
             return i, self.transform(open_image(self.paths[i])), None
         except Exception as e:  # noqa: BLE001 -- any decode failure (OSError, ValueError, PIL's bomb and syntax errors)
@@ -114,35 +120,100 @@ def _device(device: str | None) -> torch.device:
     return dev
 
 
-def _differences(found: dict[str, Any], asked: dict[str, Any]) -> list[str]:
-    return [f"{k} {found.get(k)!r} there, {asked[k]!r} asked" for k in IDENTITY if found.get(k) != asked[k]]
+def _differences(found: dict[str, Any], asked: dict[str, Any], keys: Sequence[str] = IDENTITY) -> list[str]:
+    return [f"{k} {found.get(k)!r} there, {asked[k]!r} asked" for k in keys if k in asked and found.get(k) != asked[k]]
 
 
-def _prepare(out: Path, settings: dict[str, Any]) -> None:
-    """Rank 0, before any shard: create the folder and its settings, or clear a stopped run's temporaries."""
+def _only_stale_settings(out: Path) -> bool:
+    """Whether ``out`` holds nothing but what a run killed while writing its settings left: their temporaries."""
+    entries = list(out.iterdir())
+    stale = set(stale_temporaries(out))
+    return bool(entries) and all(e in stale and e.name.startswith(f".{SETTINGS}.") for e in entries)
+
+
+def _prepare(out: Path, settings: dict[str, Any], append: bool) -> None:
+    """Rank 0, before any shard: create the folder and its settings, or (in this collection only) clear a
+    stopped run's temporaries. A folder that is not this collection is refused before anything is touched."""
     if (out / SETTINGS).exists():
+        _check(out, settings, append)
         remove_temporaries(out)
-    elif not out.exists() or (out.is_dir() and not any(out.iterdir())):
+    elif not append and (not out.exists() or (out.is_dir() and (not any(out.iterdir()) or _only_stale_settings(out)))):
         out.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(out)
         write_json(out / SETTINGS, settings)
 
 
-def _check(out: Path, settings: dict[str, Any]) -> None:
-    """Every rank: refuse an output folder that is not this collection."""
+def _check(out: Path, settings: dict[str, Any], append: bool = False) -> None:
+    """Every rank: refuse an output folder that is not this collection (with ``append``: not a finished
+    collection of the same model and options)."""
     if not out.is_dir():
-        raise CollectionError(f"--out {out} exists and is not a folder; choose a new folder for the collection")
+        raise CollectionError(f"--out {out} {'exists and is not a folder' if out.exists() else 'does not exist'}; "
+                              + ("--append adds to a finished collection" if append else "choose a new folder for the collection"))
     try:
         found = read_json(out / SETTINGS)
     except (OSError, ValueError):
         raise CollectionError(
-            f"--out {out} is not empty and holds no pe-zoo collection ({SETTINGS} missing); choose a new or empty folder"
+            f"--out {out} {'is not empty and ' if not append else ''}holds no pe-zoo collection ({SETTINGS} missing or "
+            "unreadable); " + ("--append adds to a finished collection" if append else "choose a new or empty folder")
         ) from None
+    if not isinstance(found, dict) or found.get("format") != FORMAT:
+        raise CollectionError(f"--out {out} holds a {SETTINGS} that is not a pe-zoo collection's; choose a new or empty folder")
+    if append:
+        diff = _differences(found, settings, [k for k in IDENTITY if k not in INPUT_KEYS])
+        if diff:
+            raise CollectionError(f"--append: {out} was embedded with other settings ({'; '.join(diff)}): append with "
+                                  "the same model and options, or embed into a new --out folder")
+        if not (out / MANIFEST).exists():
+            raise CollectionError(f"--append: {out} is unfinished; run the command that made it again to finish it, "
+                                  "then append")
+        return
     diff = _differences(found, settings)
     if diff:
+        more = " (to add new images to a finished collection, pass --append)" if all(
+            d.split()[0] in INPUT_KEYS for d in diff) and (out / MANIFEST).exists() else ""
         raise CollectionError(
             f"--out {out} holds a collection embedded with other settings ({'; '.join(diff)}): "
-            "resume it with the same inputs and options, or choose a new --out folder"
+            f"resume it with the same inputs and options, or choose a new --out folder{more}"
         )
+
+
+def _present(out: Path, manifest: dict[str, Any]) -> set[str]:
+    """The resolved paths of every input a finished collection holds: its rows and its unreadable images."""
+    present = set()
+    for s, shard in enumerate(manifest["shards"]):
+        present.update(os.path.realpath(p) for p in shard_paths(out, manifest, s))
+        errors = read_json(out / shard["paths"]).get("errors", [])  # a whole shard: shard_paths read it
+        present.update(os.path.realpath(e[0]) for e in errors if isinstance(e, list) and e and isinstance(e[0], str))
+    return present
+
+
+def _plan_append(out: Path, paths: list[str], rank: int, world: int, dev: torch.device) -> tuple[list[str], int, dict | None]:
+    """``(new inputs, first new shard, plan)`` of an append: rank 0 records the plan in ``append.json`` (or
+    finds the same plan there, from an interrupted append) before any rank writes a shard."""
+    manifest = read_manifest(out)
+    present = _present(out, manifest)
+    new = [p for p in paths if os.path.realpath(p) not in present]
+    base = len(manifest["shards"])
+    plan = {"first_shard": base, "num_inputs": len(new), "inputs_sha256": _inputs_sha256(new)}
+    try:
+        pending = read_json(out / APPEND)
+    except (OSError, ValueError):
+        pending = None
+    if pending is not None and pending != plan and pending not in manifest.get("appends", []):  # every rank alike
+        raise CollectionError(
+            f"--append: an interrupted append of other inputs is pending in {out} ({APPEND}): run that command "
+            f"again to finish it first, or delete {out / APPEND} to drop it"
+        )
+    if rank == 0:
+        if pending != plan:
+            (out / APPEND).unlink(missing_ok=True)  # none, or one the manifest already took
+            if new:  # shards past the manifest's are no append's (not this plan's): never take them as done
+                for f in out.glob("shard-*"):
+                    if f.stem[6:].isdigit() and int(f.stem[6:]) >= base:
+                        f.unlink()
+                write_json(out / APPEND, plan)
+    _barrier(world, dev)
+    return new, base, plan if new else None
 
 
 def embed_collection(
@@ -162,6 +233,7 @@ def embed_collection(
     weights_dir: str | os.PathLike | None = None,
     optimize: bool | None = None,
     progress: bool = True,
+    append: bool = False,
 ) -> EmbedResult:
     """Embed the images of ``inputs`` (files, folders, globs, ``@list.txt``) with registry model ``name`` into ``out``.
 
@@ -170,6 +242,9 @@ def embed_collection(
     and preprocessed (the model's own transform) by ``workers`` DataLoader processes (default: up to 8).
     Unreadable images are skipped and listed in ``errors.txt``. Resumable: the same call after a stop
     redoes only missing shards; other settings on an existing ``out`` raise ``CollectionError``.
+    ``append``: add to the finished collection in ``out`` the inputs it does not hold yet (by resolved path)
+    as new shards, with the same model and options (else ``CollectionError``); the manifest takes them at
+    once, when all are written; an interrupted append resumes like an interrupted embed.
     Under torchrun every rank calls this; each writes its share of the shards.
     """
     start = time.perf_counter()
@@ -184,30 +259,42 @@ def embed_collection(
     entry = get_entry(name)
     if what == "clip" and not entry.config.clip_dim:
         raise ValueError(f"--what clip needs a PE-Core model (the CLIP projection); {entry.name} has none: use --what embedding")
+    known = {"format": FORMAT, "model": entry.name, "what": what, "normalize": normalize,
+             "dtype": str(dtype).removeprefix("torch."), "store_dtype": store_dtype, "shard_size": shard_size,
+             "num_inputs": len(paths), "inputs_sha256": _inputs_sha256(paths)}
+    if append or (out / SETTINGS).exists():
+        _check(out, known, append)  # what can be told before the weights load (the rest after)
     dev = _device(device)
     rank, world, own_group = _distributed(str(dev))
     try:
         net, info = load_entry(entry, inference=True, dtype=dtype, device=dev, new_size=size,
                                weights_dir=weights_dir, progress_bar=progress and rank == 0)
         sha = weights.verify(info.weights, entry.weights.sha256, weights.converter_command(entry))
-        settings = {
-            "format": FORMAT, "model": entry.name, "weights_sha256": sha, "what": what, "normalize": normalize,
-            "dtype": str(dtype).removeprefix("torch."), "size": list(info.size),
-            "dim": entry.config.clip_dim if what == "clip" else entry.config.width, "store_dtype": store_dtype,
-            "shard_size": shard_size, "num_inputs": len(paths), "inputs_sha256": _inputs_sha256(paths),
-        }
+        settings = {**known, "weights_sha256": sha, "size": list(info.size),
+                    "dim": entry.config.clip_dim if what == "clip" else entry.config.width}
+        settings = {k: settings[k] for k in IDENTITY}  # settings.json in its usual key order
         if rank == 0:
-            _prepare(out, settings)
+            _prepare(out, settings, append)
         _barrier(world, dev)
-        _check(out, settings)
-        num_shards = -(-len(paths) // shard_size)
-        if (out / MANIFEST).exists():
-            manifest = read_json(out / MANIFEST)
+        _check(out, settings, append)
+        base, plan = 0, None
+        if append:
+            paths, base, plan = _plan_append(out, paths, rank, world, dev)
+            if not paths:
+                manifest = read_manifest(out)
+                log.info(f"{out} already holds every input: nothing to append ({manifest['rows']} rows)")
+                return EmbedResult(out, manifest["rows"], manifest["errors"], len(manifest["shards"]), 0,
+                                   time.perf_counter() - start)
+        elif (out / MANIFEST).exists():
+            manifest = read_manifest(out)
             log.info(f"{out} is complete: {manifest['rows']} rows, {manifest['errors']} unreadable images")
-            return EmbedResult(out, manifest["rows"], manifest["errors"], num_shards, 0, time.perf_counter() - start)
-        mine = [s for s in range(rank, num_shards, world) if not shard_done(out, s, settings["dim"], store_dtype)]
+            return EmbedResult(out, manifest["rows"], manifest["errors"], len(manifest["shards"]), 0,
+                               time.perf_counter() - start)
+        num_shards = base + -(-len(paths) // shard_size)
+        mine = [s for s in range(base + rank, num_shards, world) if not shard_done(out, s, settings["dim"], store_dtype)]
         if rank == 0:
-            log.info(f"embedding {len(paths)} images with {entry.name} into {out}: {num_shards} shards"
+            log.info(f"{'appending' if append else 'embedding'} {len(paths)} images with {entry.name} into {out}: "
+                     f"{num_shards - base} {'new ' if append else ''}shards"
                      + (f" over {world} processes" if world > 1 else "")
                      + f", {len(mine)} to write here")
         method = "clip_embedding" if what == "clip" else "embedding"
@@ -218,32 +305,40 @@ def embed_collection(
         else:
             run = torch.inference_mode()(getattr(net, method))
         transform = classification_transform(info.size, info.rgb_stats)
-        _embed_shards(run, paths, mine, out, shard_size, batch_size, workers, transform, dev, dtype, normalize,
+        _embed_shards(run, paths, mine, out, base, shard_size, batch_size, workers, transform, dev, dtype, normalize,
                       settings["dim"], store_dtype, progress and rank == 0)
         _barrier(world, dev)
         if rank == 0:
-            missing = [s for s in range(num_shards) if not shard_done(out, s, settings["dim"], store_dtype)]
+            missing = [s for s in range(base, num_shards) if not shard_done(out, s, settings["dim"], store_dtype)]
             if missing:
                 raise CollectionError(f"shards {missing[:5]} of {out} are missing after the run; run the same command again")
-            manifest = write_manifest(out, {**settings, "zoo_version": __version__}, num_shards)
+            if append:
+                old = read_manifest(out)
+                record = {k: v for k, v in old.items() if k not in ("rows", "errors", "shards")}
+                record["appends"] = [*old.get("appends", []), plan]
+            else:
+                record = settings
+            manifest = write_manifest(out, {**record, "zoo_version": __version__}, num_shards)
+            (out / APPEND).unlink(missing_ok=True)
             log.info(f"wrote {out / MANIFEST}: {manifest['rows']} rows, {manifest['errors']} unreadable images"
                      + (f" (see {out / 'errors.txt'})" if manifest["errors"] else ""))
         _barrier(world, dev)
-        manifest = read_json(out / MANIFEST)
+        manifest = read_manifest(out)
         return EmbedResult(out, manifest["rows"], manifest["errors"], num_shards, len(mine), time.perf_counter() - start)
     finally:
         if own_group:
             torch.distributed.destroy_process_group()
 
 
-def _embed_shards(run, paths, shards, out, shard_size, batch_size, workers, transform, dev, dtype, normalize,
+def _embed_shards(run, paths, shards, out, base, shard_size, batch_size, workers, transform, dev, dtype, normalize,
                   dim, store_dtype, progress) -> None:
-    """Embed and write ``shards`` (indices) of ``paths``, each batch within one shard, in input order."""
+    """Embed and write ``shards`` (indices; shard ``base`` holds ``paths[:shard_size]``), each batch within one
+    shard, in input order."""
     from tqdm.auto import tqdm
 
     batches, owners = [], []
     for s in shards:
-        idx = list(range(s * shard_size, min((s + 1) * shard_size, len(paths))))
+        idx = list(range((s - base) * shard_size, min((s - base + 1) * shard_size, len(paths))))
         for b in range(0, len(idx), batch_size):
             batches.append(idx[b:b + batch_size])
             owners.append(s)

@@ -17,10 +17,17 @@ def is_image_name(path: str) -> bool:
 
 
 def _folder_images(folder: str) -> list[str]:
-    found = []
+    """The regular image files below ``folder``; each folder walked once, however many links lead to it (no loops)."""
+    found, walked = [], set()
     for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(os.path.join(root, f) for f in files if is_image_name(f) and not f.startswith("."))
+        real = os.path.realpath(root)
+        if real in walked:
+            dirs[:] = []
+            continue
+        walked.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # a stable walk: the first link to a folder wins
+        found.extend(path for f in files if is_image_name(f) and not f.startswith(".")
+                     and os.path.isfile(path := os.path.join(root, f)))  # not a FIFO, socket or device
     return sorted(found)
 
 
@@ -51,7 +58,7 @@ def _expand_one(spec: str) -> list[str]:
         return [spec]
     if glob.has_magic(spec):
         matches = sorted(glob.glob(spec, recursive=True))
-        images = [m for m in matches if os.path.isfile(m)]
+        images = [m for m in matches if os.path.isfile(m)]  # regular files (and links to them) only
         images += [i for m in matches if os.path.isdir(m) for i in _folder_images(m)]
         if not images:
             raise ValueError(f"the pattern {spec!r} matches no image files; check the pattern (quote it for the shell)")
@@ -60,7 +67,8 @@ def _expand_one(spec: str) -> list[str]:
 
 
 def expand_inputs(specs: Sequence[str] | Iterable[str]) -> list[str]:
-    """The image paths of ``specs`` in a stable order, each once (first occurrence wins).
+    """The image paths of ``specs`` in a stable order, each file once (first occurrence wins; two spellings
+    of one file, such as ``a.jpg``, ``./a.jpg``, its absolute path or a link to it, are one file).
 
     A spec is an image file, a folder (all images below it, recursively, sorted), a glob pattern
     (``**`` recurses) or ``@FILE`` (a text file with one path a line, taken in its order, relative
@@ -70,8 +78,9 @@ def expand_inputs(specs: Sequence[str] | Iterable[str]) -> list[str]:
     paths = []
     for spec in specs:
         for path in _expand_one(os.fspath(spec)):
-            if path not in seen:
-                seen.add(path)
+            real = os.path.realpath(path)
+            if real not in seen:
+                seen.add(real)
                 paths.append(path)
     if not paths:
         raise ValueError("no inputs: pass image files, folders, glob patterns or @list.txt")

@@ -39,6 +39,8 @@ class MappedRows:
         return self.shards[s][i - self.offsets[s]]
 
     def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, (bool, np.bool_)):
+            raise IndexError("a boolean is not a row index: give an integer, a slice, integers or a boolean mask of every row")
         if isinstance(key, tuple):  # rows[i, j] / rows[:, :8]: select the rows, then index within them
             rows = self[key[0]]
             return rows[key[1:]] if isinstance(key[0], (int, np.integer)) else rows[(slice(None), *key[1:])]
@@ -53,7 +55,11 @@ class MappedRows:
             return np.concatenate(parts) if parts else np.zeros((0, self.shape[1]), self.dtype)
         index = np.asarray(key)
         if index.dtype == bool:
+            if index.shape != (len(self),):
+                raise IndexError(f"a boolean mask of shape {index.shape} does not match the {len(self)} rows")
             index = np.flatnonzero(index)
+        elif index.size and not np.issubdtype(index.dtype, np.integer):
+            raise IndexError(f"rows are indexed by integers, slices, integer arrays or a boolean mask, not {index.dtype} values")
         return np.stack([self._row(int(i)) for i in index.reshape(-1)]).reshape(*index.shape, self.shape[1]) \
             if index.size else np.zeros((*index.shape, self.shape[1]), self.dtype)
 
@@ -71,6 +77,53 @@ class MappedRows:
         return f"MappedRows(shape={self.shape}, dtype={self.dtype}, shards={len(self.shards)})"
 
 
+MANIFEST_TYPES = {"model": str, "weights_sha256": str, "what": str, "dtype": str, "store_dtype": str, "size": list,
+                  "dim": int, "rows": int, "errors": int, "shards": list}
+SHARD_TYPES = {"embeddings": str, "paths": str, "rows": int}
+
+
+def _damaged(path: Path, problem: str) -> CollectionError:
+    return CollectionError(f"{path} is damaged ({problem}); embed the collection again (a new --out)")
+
+
+def _is(value: Any, kind: type) -> bool:
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
+
+def check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
+    """``manifest`` if it is a whole ``manifest.json`` of this format, else a ``CollectionError`` naming the problem.
+
+    Every key is checked for its type, the dtypes and the row counts for sense, and every shard file name
+    for being a plain name inside the folder (never an absolute path, a ``..`` or a hidden file).
+    """
+    if not isinstance(manifest, dict):
+        raise _damaged(path, f"a JSON {type(manifest).__name__}, not an object")
+    if manifest.get("format") != FORMAT:
+        raise CollectionError(f"{path} has format {manifest.get('format')!r}; this pe-zoo reads {FORMAT!r}")
+    for key, kind in MANIFEST_TYPES.items():
+        if not _is(manifest.get(key), kind):
+            raise _damaged(path, f"{key!r} is missing or not a{'n' if kind is int else ''} {kind.__name__}")
+    if manifest["store_dtype"] not in ("float16", "float32") or manifest["what"] not in ("embedding", "clip") \
+            or manifest["dtype"] not in ("float32", "float16", "bfloat16"):
+        raise _damaged(path, f"unknown what/dtype/store_dtype {manifest['what']!r}/{manifest['dtype']!r}/{manifest['store_dtype']!r}")
+    if manifest["dim"] < 1 or len(manifest["size"]) != 2 or not all(_is(x, int) and x > 0 for x in manifest["size"]):
+        raise _damaged(path, f"dim {manifest['dim']} or size {manifest['size']!r} is not positive")
+    for i, shard in enumerate(manifest["shards"]):
+        if not isinstance(shard, dict) or not all(_is(shard.get(k), kind) for k, kind in SHARD_TYPES.items()):
+            raise _damaged(path, f"shard {i} is not an object with 'embeddings', 'paths' and 'rows'")
+        for name in (shard["embeddings"], shard["paths"]):
+            if not name or name != os.path.basename(name) or name.startswith(".") or "\\" in name or "\0" in name:
+                raise CollectionError(f"{path} names the shard file {name!r}, which is not a plain file name in the "
+                                      "collection's folder: refused (a received collection cannot read files elsewhere)")
+        if shard["rows"] < 0:
+            raise _damaged(path, f"shard {i} has {shard['rows']} rows")
+    if not isinstance(manifest.get("appends", []), list):
+        raise _damaged(path, "'appends' is not a list")
+    if sum(s["rows"] for s in manifest["shards"]) != manifest["rows"]:
+        raise _damaged(path, f"the shards' rows do not add up to {manifest['rows']}")
+    return manifest
+
+
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     """The ``manifest.json`` of a finished collection (a clear error for an unfinished or foreign folder)."""
     directory = Path(directory)
@@ -84,9 +137,7 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
         raise CollectionError(f"{directory} holds no pe-zoo collection ({MANIFEST} missing); make one with `python -m zoo embed`") from None
     except (OSError, ValueError) as e:
         raise CollectionError(f"cannot read {directory / MANIFEST}: {e}") from None
-    if manifest.get("format") != FORMAT:
-        raise CollectionError(f"{directory / MANIFEST} has format {manifest.get('format')!r}; this pe-zoo reads {FORMAT!r}")
-    return manifest
+    return check_manifest(manifest, directory / MANIFEST)
 
 
 def open_rows(directory: str | os.PathLike, manifest: dict[str, Any]) -> MappedRows:
@@ -94,9 +145,14 @@ def open_rows(directory: str | os.PathLike, manifest: dict[str, Any]) -> MappedR
     directory = Path(directory)
     shards = []
     for shard in manifest["shards"]:
-        rows = np.load(directory / shard["embeddings"], mmap_mode="r")
-        if rows.shape != (shard["rows"], manifest["dim"]):
-            raise CollectionError(f"{directory / shard['embeddings']} does not match {MANIFEST}; embed the collection again")
+        path = directory / shard["embeddings"]
+        try:
+            rows = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise CollectionError(f"cannot read {path} ({' '.join(str(e).split())}); embed the collection again") from None
+        if rows.shape != (shard["rows"], manifest["dim"]) or rows.dtype != np.dtype(manifest["store_dtype"]):
+            raise CollectionError(f"{path} holds {rows.dtype} rows of shape {rows.shape}, not the {manifest['store_dtype']} "
+                                  f"{(shard['rows'], manifest['dim'])} that {MANIFEST} says; embed the collection again")
         shards.append(rows)
     return MappedRows(shards, manifest["dim"], np.dtype(manifest["store_dtype"]))
 
@@ -104,8 +160,12 @@ def open_rows(directory: str | os.PathLike, manifest: dict[str, Any]) -> MappedR
 def shard_paths(directory: str | os.PathLike, manifest: dict[str, Any], shard: int) -> list[str]:
     """The image paths of one shard's rows, in row order."""
     entry = manifest["shards"][shard]
-    paths = read_json(Path(directory) / entry["paths"])["paths"]
-    if len(paths) != entry["rows"]:
+    try:
+        paths = read_json(Path(directory) / entry["paths"])
+    except (OSError, ValueError) as e:
+        raise CollectionError(f"cannot read {Path(directory) / entry['paths']} ({e}); embed the collection again") from None
+    paths = paths.get("paths") if isinstance(paths, dict) else None
+    if not isinstance(paths, list) or len(paths) != entry["rows"] or not all(isinstance(p, str) for p in paths):
         raise CollectionError(f"{Path(directory) / entry['paths']} does not match {MANIFEST}; embed the collection again")
     return paths
 
@@ -122,4 +182,4 @@ def read_embeddings(directory: str | os.PathLike) -> tuple[list[str], MappedRows
     return paths, rows
 
 
-__all__ = ["MappedRows", "open_rows", "read_embeddings", "read_manifest", "shard_paths"]
+__all__ = ["MappedRows", "check_manifest", "open_rows", "read_embeddings", "read_manifest", "shard_paths"]

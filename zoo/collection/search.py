@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import warnings
@@ -15,6 +16,7 @@ import torch
 from zoo.collection.read import open_rows, read_manifest, shard_paths
 from zoo.collection.store import CollectionError
 
+log = logging.getLogger("zoo")
 CHUNK_ROWS = 512  # rows converted to float32 at a time: small enough to stay in the CPU cache
 MAX_THREADS = 8  # the scan is memory-bound: more threads stop helping
 
@@ -36,7 +38,8 @@ def top_k(rows, query: np.ndarray | torch.Tensor, k: int) -> tuple[np.ndarray, n
     """``(scores, row indices)`` of the ``k`` rows most cosine-similar to ``query``, best first (ties: lower row first).
 
     ``rows`` is a ``MappedRows`` (or any [N, D] array); it is read ``CHUNK_ROWS`` rows at a time, so memory
-    stays bounded whatever N. Rows of zero length score 0.
+    stays bounded whatever N. Rows of zero length score 0; rows holding NaN or inf are skipped, with a
+    warning that says how many.
     """
     q = torch.as_tensor(np.asarray(query, dtype=np.float32)).reshape(-1)
     if q.numel() != rows.shape[1]:
@@ -47,11 +50,11 @@ def top_k(rows, query: np.ndarray | torch.Tensor, k: int) -> tuple[np.ndarray, n
     threads = torch.get_num_threads()
     local = threading.local()
 
-    def scan(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def scan(i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         if not hasattr(local, "buf"):
             local.buf = torch.empty(CHUNK_ROWS, q.numel())
-        s, index = _scan_shard(shards[i], q, k, local.buf)
-        return s, index + int(offsets[i])
+        s, index, skipped = _scan_shard(shards[i], q, k, local.buf)
+        return s, index + int(offsets[i]), skipped
 
     # one single-threaded scan per core: tiny OpenMP regions stall badly on a busy machine, plain threads do not
     torch.set_num_threads(1)
@@ -62,17 +65,21 @@ def top_k(rows, query: np.ndarray | torch.Tensor, k: int) -> tuple[np.ndarray, n
                 found = list(pool.map(scan, range(len(shards))))
     finally:
         torch.set_num_threads(threads)
+    skipped = sum(f[2] for f in found)
+    if skipped:
+        log.warning(f"search skipped {skipped} of {int(offsets[-1])} rows holding NaN or inf values (they can never match)")
     best_s = torch.cat([f[0] for f in found]).numpy()
     best_i = torch.cat([f[1] for f in found]).numpy()
     order = np.lexsort((best_i, -best_s))[:k]  # score descending, then row ascending
     return best_s[order], best_i[order]
 
 
-def _scan_shard(shard: np.ndarray, q: torch.Tensor, k: int, buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rows of one shard scoring at least its k-th best (ties included, so that ties go to the lower row)."""
+def _scan_shard(shard: np.ndarray, q: torch.Tensor, k: int, buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The rows of one shard scoring at least its k-th best (ties included, so that ties go to the lower row),
+    and how many rows it skipped for a NaN or inf score."""
     n = len(shard)
     if n == 0:
-        return torch.empty(0), torch.empty(0, dtype=torch.int64)
+        return torch.empty(0), torch.empty(0, dtype=torch.int64), 0
     dots, norms = torch.empty(n), torch.empty(n)
     for start in range(0, n, CHUNK_ROWS):
         stop = min(n, start + CHUNK_ROWS)
@@ -81,8 +88,29 @@ def _scan_shard(shard: np.ndarray, q: torch.Tensor, k: int, buf: torch.Tensor) -
         torch.mv(block, q, out=dots[start:stop])
         torch.linalg.vector_norm(block, dim=1, out=norms[start:stop])
     scores = dots / norms.clamp_min(1e-12)
-    index = torch.nonzero(scores >= torch.topk(scores, min(k, n)).values[-1]).flatten()
-    return scores[index], index
+    finite = torch.isfinite(scores)
+    valid = scores[finite]
+    if len(valid) == 0:
+        return torch.empty(0), torch.empty(0, dtype=torch.int64), n
+    index = torch.nonzero(finite & (scores >= torch.topk(valid, min(k, len(valid))).values[-1])).flatten()
+    return scores[index], index, n - len(valid)
+
+
+def check_weights(manifest: dict[str, Any], weights_dir) -> None:
+    """Refuse to embed a query with weights other than those the collection was embedded with (by sha256)."""
+    from zoo import weights
+    from zoo.registry import get_entry
+
+    entry = get_entry(manifest["model"])
+    now = weights.verify(weights.resolve(entry, weights_dir, progress=False), entry.weights.sha256,
+                         weights.converter_command(entry))
+    if now != manifest["weights_sha256"]:
+        raise CollectionError(
+            f"the weights of {entry.name} are not the ones this collection was embedded with (sha256 {now[:12]}... now, "
+            f"{manifest['weights_sha256'][:12]}... in its manifest): a query would be compared with rows of another "
+            "model. Put back the weights it was embedded with, or embed the collection again (a new --out), "
+            "or search with a vector of your own"
+        )
 
 
 def _text_query(manifest: dict[str, Any], text: str, device: str | None, weights_dir) -> np.ndarray:
@@ -128,16 +156,22 @@ def search(
 
     Give exactly one of ``query`` (a vector of the collection's width), ``text`` (through the PE-Core text
     tower of the collection's model; the collection must hold ``clip`` rows) or ``image`` (a path or PIL
-    image, embedded exactly like the collection).
+    image, embedded exactly like the collection). A text or image query is refused (``CollectionError``)
+    when the model's weights are not those the collection records (sha256).
     """
     if sum(q is not None for q in (query, text, image)) != 1:
         raise ValueError("give exactly one query: a vector, text=... or image=...")
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
+    if text is not None and not text.strip():
+        raise ValueError("the text query is empty; give some words, e.g. --text \"a red bicycle\"")
     manifest = read_manifest(directory)
     if text is not None:
+        if manifest["what"] == "clip":
+            check_weights(manifest, weights_dir)
         query = _text_query(manifest, text, device, weights_dir)
     elif image is not None:
+        check_weights(manifest, weights_dir)
         query = _image_query(manifest, image, device, weights_dir)
     rows = open_rows(directory, manifest)
     scores, index = top_k(rows, query, k)
@@ -147,4 +181,4 @@ def search(
             for r, (score, i, s) in enumerate(zip(scores, index, shard_of), 1)]
 
 
-__all__ = ["Hit", "search", "top_k"]
+__all__ = ["Hit", "check_weights", "search", "top_k"]

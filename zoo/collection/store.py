@@ -5,30 +5,34 @@ DIR/settings.json         what the run embeds (written first; a restart must mat
 DIR/shard-00000.npy       rows of inputs [0, shard_size) that could be read, in input order
 DIR/shard-00000.json      their paths (and the unreadable ones with the reason); written last: the shard's commit mark
 DIR/manifest.json         written once, when every shard is there
-DIR/errors.txt            one "path<TAB>reason" line per unreadable image
+DIR/errors.txt            one "path<TAB>reason" line per unreadable image (escaped: see ``escape_line``)
+DIR/append.json           while an ``--append`` runs: which new inputs it embeds, from which shard on
 ```
-Every file is written to a temporary name in the folder and renamed into place, so a run stopped at
-any point leaves whole shards or none.
+Every file is written to a temporary name in the folder (``.NAME.PID.RANDOM.tmp``, locked while written)
+and renamed into place, so a run stopped at any point leaves whole shards or none.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
+from zoo.weights.writer import _lock, _pid_alive, create_temp
+
+log = logging.getLogger("zoo")
+
 FORMAT = "pe-zoo-collection/1"
 SETTINGS = "settings.json"
 MANIFEST = "manifest.json"
 ERRORS = "errors.txt"
+APPEND = "append.json"
 TMP_SUFFIX = ".tmp"
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 class CollectionError(ValueError):
@@ -40,10 +44,13 @@ def shard_stem(index: int) -> str:
 
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary file beside it, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    """Write ``path`` through ``write(file)`` into a temporary file beside it, then rename it into place.
+
+    The temporary file is named with this process's id and locked while written (``create_temp``), so
+    ``remove_temporaries`` never takes a live writer's file.
+    """
+    fd, tmp = create_temp(path, TMP_SUFFIX)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600: give the file the permissions open() would
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -82,14 +89,48 @@ def shard_done(out: Path, index: int, dim: int, dtype: str) -> bool:
     return rows.shape == (meta.get("rows"), dim) and rows.dtype == np.dtype(dtype) and len(meta.get("paths", ())) == rows.shape[0]
 
 
-def remove_temporaries(out: Path) -> None:
-    """Delete the temporary files a stopped run left behind."""
+def stale_temporaries(out: Path) -> list[Path]:
+    """The temporary files in ``out`` that stopped runs left behind: named ``.NAME.PID.RANDOM.tmp`` with the
+    process gone and no lock held. Another running process's files are never among them."""
+    stale = []
     for tmp in out.glob(f".*{TMP_SUFFIX}"):
+        parts = tmp.name.split(".")
+        if len(parts) < 5 or not parts[-3].isdigit() or _pid_alive(int(parts[-3])) or not tmp.is_file():
+            continue
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if _lock(fd, block=False):
+                stale.append(tmp)
+        finally:
+            os.close(fd)
+    return stale
+
+
+def remove_temporaries(out: Path) -> None:
+    """Delete the temporary files stopped runs left behind in ``out`` (never a live writer's)."""
+    for tmp in stale_temporaries(out):
         tmp.unlink(missing_ok=True)
+        log.debug(f"removed {tmp}, left by a stopped run")
+
+
+def escape_line(text: str) -> str:
+    """``text`` on one line of UTF-8: backslash, tab, newline and carriage return as ``\\\\ \\t \\n \\r``,
+    bytes of a file name that are not UTF-8 as ``\\xNN``."""
+    text = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name decodes to
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def write_manifest(out: Path, settings: dict[str, Any], num_shards: int) -> dict[str, Any]:
-    """Assemble ``manifest.json`` and ``errors.txt`` from the committed shards (all must be there)."""
+    """Assemble ``manifest.json`` and ``errors.txt`` from the committed shards (all must be there).
+
+    ``errors.txt`` holds one ``path<TAB>reason`` line per unreadable image, both through ``escape_line``.
+    """
     shards, errors, rows = [], [], 0
     for index in range(num_shards):
         stem = shard_stem(index)
@@ -97,7 +138,7 @@ def write_manifest(out: Path, settings: dict[str, Any], num_shards: int) -> dict
         shards.append({"embeddings": f"{stem}.npy", "paths": f"{stem}.json", "rows": meta["rows"]})
         errors.extend(meta["errors"])
         rows += meta["rows"]
-    text = "".join(f"{path}\t{' '.join(str(reason).split())}\n" for path, reason in errors)
+    text = "".join(f"{escape_line(path)}\t{escape_line(' '.join(str(reason).split()))}\n" for path, reason in errors)
     write_atomic(out / ERRORS, lambda f: f.write(text.encode("utf-8")))
     manifest = {**settings, "rows": rows, "errors": len(errors), "shards": shards}
     write_json(out / MANIFEST, manifest)
@@ -105,6 +146,6 @@ def write_manifest(out: Path, settings: dict[str, Any], num_shards: int) -> dict
 
 
 __all__ = [
-    "CollectionError", "ERRORS", "FORMAT", "MANIFEST", "SETTINGS", "read_json", "remove_temporaries", "shard_done",
-    "shard_stem", "write_atomic", "write_json", "write_manifest", "write_shard",
+    "APPEND", "CollectionError", "ERRORS", "FORMAT", "MANIFEST", "SETTINGS", "escape_line", "read_json", "remove_temporaries",
+    "shard_done", "shard_stem", "stale_temporaries", "write_atomic", "write_json", "write_manifest", "write_shard",
 ]
