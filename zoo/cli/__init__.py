@@ -18,7 +18,9 @@ from zoo.version import __version__
 from zoo.weights import ConversionError, WeightsIntegrityError, WeightsNotFoundError
 from zoo.weights.writer import exit_on_sigterm
 
-COMMANDS = ("zoo.cli.basic", "zoo.cli.collection", "zoo.cli.finetune", "zoo.cli.export", "zoo.cli.eval")
+COMMANDS = (
+    "zoo.cli.basic", "zoo.cli.collection", "zoo.cli.finetune", "zoo.cli.export", "zoo.cli.eval", "zoo.cli.show",
+)
 USER_ERRORS = (
     UnknownModelError, RegistryError, WeightsNotFoundError, WeightsIntegrityError, ConversionError, ExportError, ValueError, OSError,
 )
