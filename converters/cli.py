@@ -31,7 +31,7 @@ def summarize_keys(keys: list[str]) -> str:
 
 
 def build_parser(family: str) -> argparse.ArgumentParser:
-    variants = sorted(e.variant for e in load_registry().values() if e.family == family)
+    variants = sorted({e.variant.split("-")[0] for e in load_registry().values() if e.family == family})
     parser = argparse.ArgumentParser(
         prog=f"python -m converters.pe_{family}",
         description=f"Convert Meta's PE-{family.capitalize()} checkpoint into the zoo's safetensors layout "
@@ -47,6 +47,9 @@ def build_parser(family: str) -> argparse.ArgumentParser:
                         help="store the weights in this dtype (default: the checkpoint's dominant float dtype; "
                         "every tensor is stored in one dtype)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    if family == "lang":
+        parser.add_argument("--tiling", action="store_true",
+                            help="the -Tiling checkpoint of the variant (PE-Lang tuned for tiled inputs, e.g. PE-Lang-L14-448-Tiling)")
     if family == "core":
         towers = parser.add_mutually_exclusive_group()
         towers.add_argument("--vision-only", action="store_true",
@@ -67,7 +70,7 @@ def run(family: str, argv: list[str] | None = None) -> int:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     args = parser.parse_args(argv)
-    entry = find_entry(family, args.variant)
+    entry = find_entry(family, args.variant + ("-Tiling" if getattr(args, "tiling", False) else ""))
     out_dir = args.out if args.out is not None else weights_dir()
     dtype = DTYPES.get(args.dtype)
     vision = not getattr(args, "text_only", False)

@@ -26,12 +26,12 @@ def raw():
     return yaml.safe_load(registry_path().read_text())
 
 
-def test_twelve_entries_with_birder_names():
+def test_fourteen_entries_with_birder_names():
     names = zoo.list_pretrained_models()
-    assert len(names) == 12
+    assert len(names) == 14  # timm's 14 PE vision checkpoints: Meta's 12 and PE-Lang's two -Tiling releases
     assert set(BIRDER_NAMES) <= set(names)
     fams = [get_entry(n).family for n in names]
-    assert (fams.count("core"), fams.count("spatial"), fams.count("lang")) == (5, 5, 2)
+    assert (fams.count("core"), fams.count("spatial"), fams.count("lang")) == (5, 5, 4)
 
 
 def test_entries_follow_meta_table():

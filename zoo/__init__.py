@@ -8,6 +8,8 @@ from zoo.clip import tokenizer as _tokenizer
 from zoo.collection import embed_collection, read_embeddings, search
 from zoo.eval import published_results
 from zoo.hub import push_to_hub
+from zoo.integrations.open_clip import from_open_clip, to_open_clip
+from zoo.integrations.timm import from_timm, to_timm
 from zoo.loader import ModelInfo, get_size_from_signature, load_pretrained_model
 from zoo.models import create_model
 from zoo.nets.pe_vit import PEConfig, PEViT
@@ -30,4 +32,5 @@ __all__ = [
     "PECLIP", "create_clip", "get_tokenizer", "load_pretrained_clip", "zero_shot_classifier", "zero_shot_classify",
     "embed_collection", "read_embeddings", "search",
     "published_results",
+    "from_open_clip", "from_timm", "to_open_clip", "to_timm",
 ]

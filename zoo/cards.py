@@ -123,12 +123,17 @@ def _summary(entry: Entry) -> str:
     )
     if entry.family == "spatial":
         return head + " PE-Spatial is tuned so that its dense features are spatially precise." + tail
-    core_depth = find_entry("core", entry.variant).config.depth
+    size = entry.variant.split("-")[0]
+    core_depth = find_entry("core", size).config.depth
+    tiling = (
+        " This is the -Tiling release: the same architecture, tuned for the tiled high-resolution inputs PerceptionLM feeds it."
+        if entry.variant.endswith("-Tiling") else ""
+    )
     return head + (
         " PE-Lang is aligned to a language model, as the vision encoder of multimodal LLMs (PerceptionLM). "
         "Following the PE paper's finding that the best features sit inside the network, Meta's checkpoint has "
-        f"{c.depth} blocks where PE-Core {entry.variant} has {core_depth}."
-    ) + tail
+        f"{c.depth} blocks where PE-Core {size} has {core_depth}."
+    ) + tiling + tail
 
 
 def _details(entry: Entry) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from zoo import paths, weights
+from zoo.integrations.birder_files import is_birder_checkpoint, read_birder_checkpoint
 from zoo.nets.pe_vit import PEViT
 from zoo.optimize import OptimizedNet
 from zoo.optimize import optimize as zoo_optimize
@@ -185,6 +186,8 @@ def load_pretrained_model(
             name[len(HUB_PREFIX):], inference=inference, device=device, dtype=dtype, new_size=new_size,
             progress_bar=progress_bar,
         )
+    elif isinstance(name, (str, os.PathLike)) and os.fspath(name).endswith(".pt") and is_birder_checkpoint(name):
+        net, info = load_birder_checkpoint(name, inference=inference, device=device, dtype=dtype, new_size=new_size)
     elif weights.is_finetuned_path(name):
         if num_classes:
             raise ValueError(f"{name} is a fine-tuned net with its own head; load it without num_classes, then call net.reset_classifier({num_classes})")
@@ -202,6 +205,34 @@ def load_pretrained_model(
     fast = zoo_optimize(net)
     fast.pretrained_cfg = net.pretrained_cfg  # type: ignore[attr-defined]
     return fast, info
+
+
+def load_birder_checkpoint(
+    path: str | os.PathLike,
+    *,
+    inference: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    new_size: int | tuple[int, int] | None = None,
+) -> tuple[PEViT, ModelInfo]:
+    """A net trained by birder on a zoo network (``python -m zoo.birder train``), with its classes and statistics."""
+    ckpt = read_birder_checkpoint(path)
+    with torch.device("meta"):
+        net = PEViT(ckpt.config)
+    if "head.weight" in ckpt.state:
+        net.reset_classifier(len(ckpt.class_to_idx))
+    try:
+        net.load_state_dict(ckpt.state, strict=True, assign=True)
+    except RuntimeError as e:
+        raise weights.WeightsIntegrityError(f"{path} does not hold the tensors of a {ckpt.entry.name} network ({e})") from None
+    if device is not None or dtype is not None:
+        net = net.to(device=device, dtype=dtype)
+    if inference:
+        net.eval().requires_grad_(False)
+    size = _input_size(ckpt.entry, new_size if new_size is not None else ckpt.size)
+    net.pretrained_cfg = pretrained_cfg(size, ckpt.rgb_stats, net.num_classes)
+    info = _model_info(ckpt.entry, size, Path(path), ckpt.class_to_idx)
+    return net, dataclasses.replace(info, rgb_stats=ckpt.rgb_stats)
 
 
 def load_finetuned(

@@ -20,6 +20,7 @@ from zoo.weights.writer import exit_on_sigterm
 
 COMMANDS = (
     "zoo.cli.basic", "zoo.cli.collection", "zoo.cli.finetune", "zoo.cli.export", "zoo.cli.eval", "zoo.cli.show",
+    "zoo.cli.birder",
 )
 USER_ERRORS = (
     UnknownModelError, RegistryError, WeightsNotFoundError, WeightsIntegrityError, ConversionError, ExportError, ValueError, OSError,
@@ -48,6 +49,15 @@ def _configure_logging(quiet: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (0, or 1 with a one-line error on stderr)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["birder"]:  # birder parses its own options (--help included)
+        from zoo.cli.birder import run_birder
+
+        try:
+            return run_birder(argv[1:])
+        except USER_ERRORS as e:
+            print("error: " + " ".join(str(e).split()), file=sys.stderr)
+            return 1
     args = build_parser().parse_args(argv)
     _configure_logging(args.quiet)
     try:

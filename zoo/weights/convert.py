@@ -401,7 +401,8 @@ def convert_checkpoint(
             hint = "it matches no checkpoint of the registry"
         else:
             hint = (f"it looks like {other.variant} ({other.name}); convert it with "
-                    f"`python -m converters.pe_{other.family} --variant {other.variant}`")
+                    f"`python -m converters.pe_{other.family} --variant {other.variant.split('-')[0]}"
+                    f"{' --tiling' if other.variant.endswith('-Tiling') else ''}`")
         raise ConversionError(f"{e}. {hint}") from None
     specs = plan_specs(plan, vision, dtype or source_dtype(state))
     metadata = file_metadata(entry, source, source_sha256, specs)

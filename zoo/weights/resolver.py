@@ -37,7 +37,8 @@ log = logging.getLogger("zoo")
 
 def converter_command(entry: Entry, folder: Path | None = None, text: bool = False) -> str:
     """The command that (re)builds an entry's weights file (``text=True``: its CLIP text file alone) from Meta's checkpoint."""
-    cmd = f"python -m converters.pe_{entry.family} --variant {entry.variant}" + (" --text-only" if text else "")
+    size, _, tiling = entry.variant.partition("-")
+    cmd = f"python -m converters.pe_{entry.family} --variant {size}" + (" --tiling" if tiling else "") + (" --text-only" if text else "")
     if folder is not None and folder != paths.weights_dir():
         cmd += f" --out {folder}"
     return cmd

@@ -209,7 +209,8 @@ def _register_all() -> None:
     names = list_pretrained_models()
     arch_users: dict[str, list[str]] = {}
     for name in names:
-        arch_users.setdefault(_arch_name(get_entry(name)), []).append(name)
+        if not get_entry(name).variant.endswith("-Tiling"):  # a -Tiling release shares its base's architecture name
+            arch_users.setdefault(_arch_name(get_entry(name)), []).append(name)
     for name in names:
         entry = get_entry(name)
         cls = type(name, (PEBirderNet,), {
