@@ -90,7 +90,8 @@ def test_card_facts_come_from_the_net_and_registry(name):
     cited = set(re.findall(r"eprint\s*=\s*\{([\d.]+)\}", text))
     assert cited == {ARXIV[p] for p in e.papers} and len(cited) == (4 if e.family == "lang" else 3)
     assert re.search(r"@misc\{cho2025perceptionlm", text) if e.family == "lang" else "PerceptionLM" not in text
-    assert f"python -m converters.pe_{e.family} --variant {e.variant}\n" in text
+    size, _, tiling = e.variant.partition("-")
+    assert f"python -m converters.pe_{e.family} --variant {size}{' --tiling' if tiling else ''}\n" in text
     if e.family == "core":
         assert f"({e.config.width} -> {e.config.clip_dim})" in text and "`net.clip_embedding(x)`" in text
         assert "before that projection" in text

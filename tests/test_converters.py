@@ -321,7 +321,7 @@ def test_help_explains_each_option(family, tmp_path, monkeypatch, capsys):
     text = capsys.readouterr().out
     assert f"Convert Meta's PE-{family.capitalize()} checkpoint" in text and "strict" in text
     helps = option_help(text)
-    variants = sorted(e.variant for e in load_registry().values() if e.family == family)
+    variants = sorted({e.variant.split("-")[0] for e in load_registry().values() if e.family == family})
     expected = {
         "--help": "show this help message",
         "--variant": "which model size to convert",
@@ -333,6 +333,8 @@ def test_help_explains_each_option(family, tmp_path, monkeypatch, capsys):
     if family == "core":
         expected["--vision-only"] = "skip the CLIP text tower (by default it is written to <name>_text.safetensors"
         expected["--text-only"] = "write only the CLIP text tower, <name>_text.safetensors"
+    if family == "lang":
+        expected["--tiling"] = "the -Tiling checkpoint of the variant"
     assert sorted(helps) == sorted(expected)
     for option, phrase in expected.items():
         assert phrase in helps[option], option
