@@ -1,0 +1,286 @@
+"""Videos the way Meta evaluated PE on them: a few frames sampled evenly, each embedded, the embeddings averaged.
+
+Frame sampling follows ``apps/pe/clip_benchmark/datasets/video_classification_dataset.py`` (and its
+retrieval twin) in ``facebookresearch/perception_models``: of a video's ``T`` frames, ``N`` (default 8)
+are taken at indices ``int(i * (T - 1) / (N - 1))`` for ``i`` in ``0..N-1`` (the middle frame ``T // 2``
+when ``N == 1``). Pooling follows ``CLIP.encode_video`` in ``core/vision_encoder/pe.py``: the mean of the
+per-frame embeddings, not normalised per frame (the Kinetics zero-shot path; the retrieval path passes
+``normalize=True`` and averages unit vectors: ``normalize_frames=True`` here).
+
+Decoding goes through PyAV (``pip install "pe-zoo[video]"``). Frames come out in presentation order,
+as 8-bit RGB, upright (the stream's display-matrix rotation applied), with their timestamps in seconds
+from the first frame. Every unreadable video raises ``VideoError`` (an ``ImageError``) naming the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from zoo.images import ImageError
+
+log = logging.getLogger("zoo.video")
+
+DEFAULT_FRAMES = 8  # apps/pe/clip_benchmark/cli.py: --num-frames default 8
+VIDEO_EXTENSIONS = frozenset({
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".flv", ".3gp", ".ogv",
+})
+
+
+class VideoError(ImageError):
+    """A video that cannot be read: missing, corrupt, truncated, without a video stream, empty, or an unknown codec."""
+
+
+def is_video_name(path: str | os.PathLike) -> bool:
+    """Whether a file name has one of the common video extensions (case-insensitive)."""
+    return os.path.splitext(os.fspath(path))[1].lower() in VIDEO_EXTENSIONS
+
+
+def sample_indices(count: int, num_frames: int = DEFAULT_FRAMES) -> list[int]:
+    """Meta's evaluation rule: ``num_frames`` indices spread evenly over ``count`` frames, first and last included.
+
+    One frame: the middle one (``count // 2``). Indices repeat when ``num_frames > count``, as in Meta's code.
+    """
+    if num_frames < 1:
+        raise ValueError(f"the number of frames must be at least 1, got {num_frames}")
+    if count < 1:
+        raise ValueError("cannot sample frames from an empty video")
+    if num_frames == 1:
+        return [count // 2]
+    return [int(i * (count - 1) / (num_frames - 1)) for i in range(num_frames)]
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What demuxing (no decoding) tells of a video: its frames' timestamps in presentation order and its duration."""
+
+    path: str
+    timestamps: np.ndarray  # seconds from the first frame, one per frame, ascending
+    duration: float  # seconds: the last frame's timestamp plus its duration
+    pts: np.ndarray  # the stream's own timestamps (time-base units), one per frame, ascending
+
+    @property
+    def frames(self) -> int:
+        return len(self.timestamps)
+
+
+@dataclass
+class Segment:
+    """A window ``[start, end)`` seconds of a video and the frames sampled in it (0-based presentation indices)."""
+
+    start: float
+    end: float
+    indices: list[int]
+    timestamps: list[float]
+    frames: list[Any] = field(default_factory=list)  # decoded frames (RGB arrays [H, W, 3], or what `convert` made)
+
+    def info(self) -> dict[str, Any]:
+        """``start``, ``end`` and ``frames`` (the indices), as stored in a collection's row record."""
+        return {"start": round(self.start, 6), "end": round(self.end, 6), "frames": list(self.indices)}
+
+
+def _av():
+    try:
+        import av
+    except ImportError:
+        raise ImportError('videos need PyAV: pip install "pe-zoo[video]"') from None
+    return av
+
+
+def _fail(path: str, cause: object) -> VideoError:
+    text = " ".join(str(cause).split()) or type(cause).__name__
+    return VideoError(f"cannot read video {path!r}: {text}")
+
+
+def _open(path: str):
+    av = _av()
+    if not os.path.isfile(path):
+        raise VideoError(f"cannot read video {path!r}: no such file")
+    try:
+        container = av.open(path)
+    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
+        raise _fail(path, e) from None
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"cannot read video {path!r}: it holds no video stream (audio only?)")
+    return container
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Demux ``path`` (cheap: no decoding) into frame timestamps and duration; ``VideoError`` if unreadable."""
+    path = os.fspath(path)
+    av = _av()
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        if stream.codec_context is None or stream.codec_context.codec is None:
+            raise VideoError(f"cannot read video {path!r}: unknown codec")
+        base = float(stream.time_base) if stream.time_base else 1.0
+        rate = float(stream.average_rate) if stream.average_rate else 0.0
+        stamps, durations = [], {}
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue
+            t = packet.pts if packet.pts is not None else packet.dts
+            if t is None:
+                t = len(stamps)  # no timing at all: frame order is all there is
+            stamps.append(t)
+            durations[t] = packet.duration or 0
+    except av.FFmpegError as e:
+        raise _fail(path, e) from None
+    finally:
+        container.close()
+    if not stamps:
+        raise VideoError(f"cannot read video {path!r}: it holds no video frames")
+    pts = np.unique(np.asarray(stamps, dtype=np.int64))
+    seconds = (pts - pts[0]) * base
+    last = durations.get(int(pts[-1]), 0) * base
+    if last <= 0:
+        step = np.diff(seconds)
+        last = float(np.median(step)) if len(step) else (1.0 / rate if rate > 0 else 0.0)
+    return VideoInfo(path, seconds, float(seconds[-1] + last), pts)
+
+
+def decode(
+    path: str | os.PathLike, indices: Sequence[int], convert: Callable[[np.ndarray], Any] | None = None,
+    info: VideoInfo | None = None,
+) -> dict[int, Any]:
+    """The frames at presentation ``indices`` of ``path``, decoded in one pass: ``{index: frame}``.
+
+    A frame is an upright RGB array [H, W, 3] (uint8), or ``convert(array)`` when given (applied as each
+    frame is decoded, so only the converted frames are kept). Frames are matched to indices by their
+    timestamps (``info``, from ``probe``; probed here when not given). ``VideoError`` if one cannot be decoded.
+    """
+    path = os.fspath(path)
+    av = _av()
+    wanted = set(int(i) for i in indices)
+    if not wanted:
+        return {}
+    info = info or probe(path)
+    index_of = {int(p): i for i, p in enumerate(info.pts)}
+    found: dict[int, Any] = {}
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        last = max(wanted)
+        for n, frame in enumerate(container.decode(stream)):
+            k = index_of.get(frame.pts, n) if frame.pts is not None else n
+            if k in wanted and k not in found:
+                rgb = frame.to_ndarray(format="rgb24")
+                turns = (int(round(frame.rotation or 0)) // 90) % 4
+                if turns:
+                    rgb = np.ascontiguousarray(np.rot90(rgb, k=turns))
+                found[k] = convert(rgb) if convert else rgb
+            if k >= last:
+                break
+    except av.FFmpegError as e:
+        raise _fail(path, e) from None
+    finally:
+        container.close()
+    missing = sorted(wanted - found.keys())
+    if missing:
+        raise VideoError(f"cannot read video {path!r}: frame {missing[0]} could not be decoded (truncated or corrupt file)")
+    return found
+
+
+def plan(info: VideoInfo, num_frames: int = DEFAULT_FRAMES, segment_seconds: float | None = None) -> list[Segment]:
+    """The segments of a video and the frames each samples (not decoded yet).
+
+    Without ``segment_seconds``: one segment, the whole video. With it: consecutive windows of that many
+    seconds tiling ``[0, duration]``; a window holding no frame is merged into the one before it. In each
+    window, ``num_frames`` frames are picked by Meta's rule among the frames whose timestamp falls in it.
+    """
+    t = info.timestamps
+    if segment_seconds is None:
+        bounds = [(0.0, info.duration)]
+    else:
+        if not segment_seconds > 0:
+            raise ValueError(f"segment seconds must be positive, got {segment_seconds}")
+        n = max(1, math.ceil(info.duration / segment_seconds - 1e-9))
+        bounds = [(float(j * segment_seconds), min(float((j + 1) * segment_seconds), info.duration)) for j in range(n)]
+    segments: list[Segment] = []
+    for start, end in bounds:
+        inside = np.flatnonzero((t >= start) & (t < end)) if end < info.duration else np.flatnonzero(t >= start)
+        if len(inside) == 0:
+            if segments:  # no frame starts in this window: the previous window reaches over it
+                segments[-1].end = end
+            continue
+        if segments and segments[-1].end < start:
+            segments[-1].end = start
+        picked = [int(inside[i]) for i in sample_indices(len(inside), num_frames)]
+        segments.append(Segment(start, end, picked, [float(t[i]) for i in picked]))
+    if segments:
+        segments[0].start = 0.0
+    return segments
+
+
+def sample(
+    path: str | os.PathLike, num_frames: int = DEFAULT_FRAMES, segment_seconds: float | None = None,
+    convert: Callable[[np.ndarray], Any] | None = None,
+) -> list[Segment]:
+    """Probe, plan and decode: the video's segments (one without ``segment_seconds``) with their frames filled in."""
+    info = probe(path)
+    segments = plan(info, num_frames, segment_seconds)
+    frames = decode(path, [i for s in segments for i in s.indices], convert, info)
+    for s in segments:
+        s.frames = [frames[i] for i in s.indices]
+    return segments
+
+
+def pool(features: torch.Tensor, normalize_frames: bool = False) -> torch.Tensor:
+    """Meta's video embedding from per-frame embeddings [..., N, D]: their mean over N (of unit vectors if ``normalize_frames``)."""
+    if normalize_frames:
+        features = torch.nn.functional.normalize(features, dim=-1)
+    return features.mean(dim=-2)
+
+
+@dataclass
+class VideoRow:
+    """One video embedding: the window ``[start, end)`` seconds, the frame indices used, and the pooled ``embedding``."""
+
+    start: float
+    end: float
+    frames: list[int]
+    embedding: np.ndarray
+
+
+def embed_video(
+    net: torch.nn.Module,
+    path: str | os.PathLike,
+    transform: Callable,
+    *,
+    what: Literal["embedding", "clip"] = "embedding",
+    num_frames: int = DEFAULT_FRAMES,
+    segment_seconds: float | None = None,
+    normalize_frames: bool = False,
+    batch_size: int = 32,
+) -> list[VideoRow]:
+    """Embed one video with a ``PEViT``: one row (or one per ``segment_seconds`` window), pooled as Meta does.
+
+    ``transform`` is the model's own preprocessing (``zoo.classification_transform``), applied to each frame;
+    ``what``: ``embedding`` (pooled features) or ``clip`` (``net.clip_embedding``, PE-Core).
+    """
+    from PIL import Image
+
+    method = net.clip_embedding if what == "clip" else net.embedding
+    p = next(net.parameters())
+    segments = sample(path, num_frames, segment_seconds, convert=lambda a: transform(Image.fromarray(a)))
+    x = torch.stack([f for s in segments for f in s.frames])
+    with torch.inference_mode():
+        y = torch.cat([method(x[i:i + batch_size].to(p.device, p.dtype)).float() for i in range(0, len(x), batch_size)])
+    y = pool(y.reshape(len(segments), num_frames, -1), normalize_frames).cpu().numpy()
+    return [VideoRow(s.start, s.end, list(s.indices), y[j]) for j, s in enumerate(segments)]
+
+
+__all__ = [
+    "DEFAULT_FRAMES", "Segment", "VIDEO_EXTENSIONS", "VideoError", "VideoInfo", "VideoRow", "decode", "embed_video",
+    "is_video_name", "plan", "pool", "probe", "sample", "sample_indices",
+]
