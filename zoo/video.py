@@ -64,7 +64,7 @@ class VideoInfo:
     path: str
     timestamps: np.ndarray  # seconds from the first frame, one per frame, ascending
     duration: float  # seconds: the last frame's timestamp plus its duration
-    pts: np.ndarray  # the stream's own timestamps (time-base units), one per frame, ascending
+    pts: np.ndarray  # the stream's own timestamps (time-base units), one per frame, ascending (repeats possible)
 
     @property
     def frames(self) -> int:
@@ -139,13 +139,13 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         container.close()
     if not stamps:
         raise VideoError(f"cannot read video {path!r}: it holds no video frames")
-    pts = np.unique(np.asarray(stamps, dtype=np.int64))
-    seconds = (pts - pts[0]) * base
+    pts = np.sort(np.asarray(stamps, dtype=np.int64), kind="stable")
+    seconds = np.round((pts - pts[0]) * base, 6)  # microseconds: window bounds compare equal where they should
     last = durations.get(int(pts[-1]), 0) * base
     if last <= 0:
         step = np.diff(seconds)
         last = float(np.median(step)) if len(step) else (1.0 / rate if rate > 0 else 0.0)
-    return VideoInfo(path, seconds, float(seconds[-1] + last), pts)
+    return VideoInfo(path, seconds, round(float(seconds[-1] + last), 6), pts)
 
 
 def decode(
@@ -164,7 +164,10 @@ def decode(
     if not wanted:
         return {}
     info = info or probe(path)
-    index_of = {int(p): i for i, p in enumerate(info.pts)}
+    first = {}  # a timestamp's first presentation index; a repeated timestamp takes the next ones in turn
+    for i, p in enumerate(info.pts.tolist()):
+        first.setdefault(p, i)
+    seen: dict[int, int] = {}
     found: dict[int, Any] = {}
     container = _open(path)
     try:
@@ -172,7 +175,10 @@ def decode(
         stream.thread_type = "AUTO"
         last = max(wanted)
         for n, frame in enumerate(container.decode(stream)):
-            k = index_of.get(frame.pts, n) if frame.pts is not None else n
+            k = n
+            if frame.pts is not None and frame.pts in first:
+                k = first[frame.pts] + seen.get(frame.pts, 0)
+                seen[frame.pts] = seen.get(frame.pts, 0) + 1
             if k in wanted and k not in found:
                 rgb = frame.to_ndarray(format="rgb24")
                 turns = (int(round(frame.rotation or 0)) // 90) % 4
@@ -205,7 +211,7 @@ def plan(info: VideoInfo, num_frames: int = DEFAULT_FRAMES, segment_seconds: flo
         if not segment_seconds > 0:
             raise ValueError(f"segment seconds must be positive, got {segment_seconds}")
         n = max(1, math.ceil(info.duration / segment_seconds - 1e-9))
-        bounds = [(float(j * segment_seconds), min(float((j + 1) * segment_seconds), info.duration)) for j in range(n)]
+        bounds = [(round(j * segment_seconds, 6), min(round((j + 1) * segment_seconds, 6), info.duration)) for j in range(n)]
     segments: list[Segment] = []
     for start, end in bounds:
         inside = np.flatnonzero((t >= start) & (t < end)) if end < info.duration else np.flatnonzero(t >= start)
@@ -280,7 +286,18 @@ def embed_video(
     return [VideoRow(s.start, s.end, list(s.indices), y[j]) for j, s in enumerate(segments)]
 
 
+def zero_shot_classify_video(
+    model: torch.nn.Module, frames: torch.Tensor, classifier: torch.Tensor, normalize_frames: bool = False
+) -> torch.Tensor:
+    """Class probabilities [C] of one video from its preprocessed frames [N, 3, H, W] (a ``PECLIP`` and a
+    ``zero_shot_classifier``): Meta's Kinetics zero-shot path, the pooled frame embeddings normalised, then scaled logits."""
+    with torch.inference_mode():
+        video = torch.nn.functional.normalize(pool(model.encode_image(frames).float(), normalize_frames), dim=-1)
+        logits = model.logit_scale.exp().float() * video @ classifier.float()
+    return logits.softmax(dim=-1)
+
+
 __all__ = [
     "DEFAULT_FRAMES", "Segment", "VIDEO_EXTENSIONS", "VideoError", "VideoInfo", "VideoRow", "decode", "embed_video",
-    "is_video_name", "plan", "pool", "probe", "sample", "sample_indices",
+    "is_video_name", "plan", "pool", "probe", "sample", "sample_indices", "zero_shot_classify_video",
 ]

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from zoo import weights
 from zoo.collection.inputs import expand_inputs
+from zoo.collection.media import embed_media_shards, video_settings
 from zoo.collection.store import (
     FORMAT, MANIFEST, SETTINGS, CollectionError, read_json, remove_temporaries, shard_done, write_json, write_manifest,
     write_shard,
@@ -33,6 +34,7 @@ from zoo.loader import load_entry
 from zoo.registry import get_entry
 from zoo.transforms import classification_transform
 from zoo.version import __version__
+from zoo.video import DEFAULT_FRAMES
 
 log = logging.getLogger("zoo")
 
@@ -40,7 +42,7 @@ What = Literal["embedding", "clip"]
 STORE_DTYPES = ("float16", "float32")
 OPTIMIZE_MIN_IMAGES = 32  # from this many images on, zoo.optimize repays a compile (where it compiles)
 IDENTITY = ("format", "model", "weights_sha256", "what", "normalize", "dtype", "size", "dim", "store_dtype",
-            "shard_size", "num_inputs", "inputs_sha256")
+            "shard_size", "num_inputs", "inputs_sha256", "video")
 DIST_TIMEOUT = timedelta(hours=2)  # ranks wait at most about one shard's work for each other
 
 
@@ -115,7 +117,7 @@ def _device(device: str | None) -> torch.device:
 
 
 def _differences(found: dict[str, Any], asked: dict[str, Any]) -> list[str]:
-    return [f"{k} {found.get(k)!r} there, {asked[k]!r} asked" for k in IDENTITY if found.get(k) != asked[k]]
+    return [f"{k} {found.get(k)!r} there, {asked.get(k)!r} asked" for k in IDENTITY if found.get(k) != asked.get(k)]
 
 
 def _prepare(out: Path, settings: dict[str, Any]) -> None:
@@ -162,6 +164,10 @@ def embed_collection(
     weights_dir: str | os.PathLike | None = None,
     optimize: bool | None = None,
     progress: bool = True,
+    frames: int = DEFAULT_FRAMES,
+    segment_seconds: float | None = None,
+    normalize_frames: bool = False,
+    gpu_decode: bool | None = None,
 ) -> EmbedResult:
     """Embed the images of ``inputs`` (files, folders, globs, ``@list.txt``) with registry model ``name`` into ``out``.
 
@@ -171,6 +177,10 @@ def embed_collection(
     Unreadable images are skipped and listed in ``errors.txt``. Resumable: the same call after a stop
     redoes only missing shards; other settings on an existing ``out`` raise ``CollectionError``.
     Under torchrun every rank calls this; each writes its share of the shards.
+
+    Videos (``zoo.video``) give one row each, or one per ``segment_seconds`` window: the mean of the
+    embeddings of ``frames`` frames sampled as in Meta's evaluation (of unit vectors with ``normalize_frames``).
+    ``gpu_decode`` (default: on when ``device`` is CUDA): JPEGs decoded and resized on the device.
     """
     start = time.perf_counter()
     if what not in ("embedding", "clip"):
@@ -181,6 +191,7 @@ def embed_collection(
         raise ValueError("--shard-size and --batch-size must be at least 1")
     out = Path(out)
     paths = expand_inputs(inputs)
+    video = video_settings(paths, frames, segment_seconds, normalize_frames)
     entry = get_entry(name)
     if what == "clip" and not entry.config.clip_dim:
         raise ValueError(f"--what clip needs a PE-Core model (the CLIP projection); {entry.name} has none: use --what embedding")
@@ -196,6 +207,8 @@ def embed_collection(
             "dim": entry.config.clip_dim if what == "clip" else entry.config.width, "store_dtype": store_dtype,
             "shard_size": shard_size, "num_inputs": len(paths), "inputs_sha256": _inputs_sha256(paths),
         }
+        if video:
+            settings["video"] = video
         if rank == 0:
             _prepare(out, settings)
         _barrier(world, dev)
@@ -218,8 +231,14 @@ def embed_collection(
         else:
             run = torch.inference_mode()(getattr(net, method))
         transform = classification_transform(info.size, info.rgb_stats)
-        _embed_shards(run, paths, mine, out, shard_size, batch_size, workers, transform, dev, dtype, normalize,
-                      settings["dim"], store_dtype, progress and rank == 0)
+        on_device = dev.type == "cuda" if gpu_decode is None else gpu_decode
+        if video or on_device:
+            embed_media_shards(run, paths, mine, out, shard_size, batch_size, workers, transform, dev, dtype, normalize,
+                               settings["dim"], store_dtype, progress and rank == 0, video,
+                               info.size if on_device else None, info.rgb_stats)
+        else:
+            _embed_shards(run, paths, mine, out, shard_size, batch_size, workers, transform, dev, dtype, normalize,
+                          settings["dim"], store_dtype, progress and rank == 0)
         _barrier(world, dev)
         if rank == 0:
             missing = [s for s in range(num_shards) if not shard_done(out, s, settings["dim"], store_dtype)]

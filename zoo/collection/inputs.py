@@ -6,6 +6,8 @@ import glob
 import os
 from collections.abc import Iterable, Sequence
 
+from zoo.video import is_video_name
+
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".jfif", ".avif", ".heic",
 })
@@ -20,7 +22,7 @@ def _folder_images(folder: str) -> list[str]:
     found = []
     for root, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(os.path.join(root, f) for f in files if is_image_name(f) and not f.startswith("."))
+        found.extend(os.path.join(root, f) for f in files if (is_image_name(f) or is_video_name(f)) and not f.startswith("."))
     return sorted(found)
 
 
