@@ -1,6 +1,7 @@
 """Videos: Meta's frame sampling against an independent decoder (torchcodec), pooled rows against the net's own
 frame embeddings, segments, search by a planted frame, resume, unreadable media; the GPU-decode path on the CPU."""
 
+import dataclasses
 import json
 import shutil
 from fractions import Fraction
@@ -266,12 +267,13 @@ def test_zero_shot_classify_video(videos):
     from zoo.clip import PECLIP
     from zoo.video import zero_shot_classify_video
 
-    model = PECLIP(CORE.config, SMALL_TEXT).eval()  # random weights, a small text tower (unused: a random classifier)
+    # random weights, two blocks, a small text tower (unused: a random classifier)
+    model = PECLIP(dataclasses.replace(CORE.config, depth=2), SMALL_TEXT).eval()
     classifier = torch.nn.functional.normalize(torch.randn(CORE.config.clip_dim, 3), dim=0)
-    (segment,) = sample(videos / "a.mp4", 3, convert=lambda a: classification_transform(CORE.size, CORE.rgb_stats)(Image.fromarray(a)))
+    transform = classification_transform(SIZE, CORE.rgb_stats)
+    (segment,) = sample(videos / "a.mp4", 3, convert=lambda a: transform(Image.fromarray(a)))
     probs = zero_shot_classify_video(model, torch.stack(segment.frames), classifier)
     with torch.no_grad():
-        transform = classification_transform(CORE.size, CORE.rgb_stats)
         x = torch.stack([transform(Image.fromarray(f)) for f in reference_frames(videos / "a.mp4", meta_indices(45, 3))])
         video = torch.nn.functional.normalize(model.encode_image(x).mean(0), dim=-1)
         ref = (model.logit_scale.exp() * video @ classifier).softmax(-1)
