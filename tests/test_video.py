@@ -20,7 +20,7 @@ from tests.weights_env import CORE, SMALL_TEXT, add_meta_source  # noqa: E402
 from zoo.__main__ import main  # noqa: E402
 from zoo.testing.hub_cache import use_cache  # noqa: E402
 from zoo.transforms import classification_transform  # noqa: E402
-from zoo.video import VideoError, probe, sample  # noqa: E402
+from zoo.video import VideoError, plan, probe, sample  # noqa: E402
 
 SIZE = 64
 
@@ -207,6 +207,12 @@ def test_segments_tile_the_duration_in_order(videos, segmented):
         else:  # frames at 0, .04, .05, .2, .21, .22 | .6 | .9, .905 | 1.3 s: the window [0.4, 0.8) holds only 0.6
             assert [(r["start"], r["frames"]) for r in mine] == [(0, [0, 5]), (0.4, [6, 6]), (0.8, [7, 8]), (1.2, [9, 9])]
             assert mine[-1]["end"] == probe(videos / name).duration and 1.3 < mine[-1]["end"] < 1.7  # the last frame's end
+
+
+def test_a_window_without_frames_is_covered_by_the_one_before(videos):
+    info = probe(videos / "vfr.mkv")  # frames at 0, .04, .05, .2, .21, .22, .6, .9, .905, 1.3 s
+    got = [(s.start, s.end, s.indices) for s in plan(info, 1, 0.3)]
+    assert got == [(0, 0.6, [3]), (0.6, 0.9, [6]), (0.9, 1.2, [8]), (1.2, info.duration, [9])]
 
 
 def test_search_json_gives_start_and_end(videos, segmented, capsys):

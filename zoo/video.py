@@ -215,16 +215,12 @@ def plan(info: VideoInfo, num_frames: int = DEFAULT_FRAMES, segment_seconds: flo
     segments: list[Segment] = []
     for start, end in bounds:
         inside = np.flatnonzero((t >= start) & (t < end)) if end < info.duration else np.flatnonzero(t >= start)
-        if len(inside) == 0:
-            if segments:  # no frame starts in this window: the previous window reaches over it
-                segments[-1].end = end
-            continue
-        if segments and segments[-1].end < start:
-            segments[-1].end = start
-        picked = [int(inside[i]) for i in sample_indices(len(inside), num_frames)]
-        segments.append(Segment(start, end, picked, [float(t[i]) for i in picked]))
-    if segments:
-        segments[0].start = 0.0
+        if len(inside):  # the first window holds frame 0; a later one without frames is covered by the one before
+            picked = [int(inside[i]) for i in sample_indices(len(inside), num_frames)]
+            segments.append(Segment(start, end, picked, [float(t[i]) for i in picked]))
+    for segment, after in zip(segments, segments[1:]):
+        segment.end = after.start
+    segments[-1].end = info.duration
     return segments
 
 
