@@ -184,7 +184,8 @@ def video_part(name: str, tmp: Path, args, env) -> tuple[list[dict], list[str]]:
         e2e.append(zoo_embed(name, folder, tmp / "vout", args, ["--frames", str(FRAMES)], env))
     rows = [{"part": "videos", "case": case, "model": f"PE-Core {args.variant} {info.size[0]} px {args.dtype}",
              "videos": len(clips), "frames_per_video": FRAMES, "clip": f"{w}x{h} H.264, 60 frames",
-             "videos_per_s": summary(rates), "ratio_to_alone": summary([r / a for r, a in zip(rates, alone)])}
+             "videos_per_s": summary(rates),
+             "ratio_to_alone": summary([r / a for r, a in zip(rates, alone)]) if rates is not alone else None}
             for case, rates in (("model alone", alone), ("zoo embed (PyAV in workers)", e2e))]
     rows.append({"part": "videos", "case": "PyAV decode to 8 frames + preprocess, one process", "seconds_per_video": round(pyav_seconds, 4)})
     try:
