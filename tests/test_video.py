@@ -112,10 +112,10 @@ GOOD = ("a.mp4", "b.avi", "c.mkv", "d.mov", "rot.mp4", "vfr.mkv")
 BAD = ("audio.mp4", "corrupt.mp4", "empty.mp4", "truncated.mp4")
 
 
-def reference_frames(path: Path, indices: list[int]) -> np.ndarray:
+def reference_frames(path: Path, indices: list[int], loop: bool = False) -> np.ndarray:
     """The frames at ``indices``, [N, H, W, 3]: torchcodec's (exact seek mode: presentation order, rotation
-    applied), or else every frame PyAV decodes, in order, turned by the display rotation."""
-    if torchcodec_decoders is not None:
+    applied), or (``loop``, or no torchcodec) every frame PyAV decodes, in order, turned by the display rotation."""
+    if torchcodec_decoders is not None and not loop:
         decoder = torchcodec_decoders.VideoDecoder(str(path), seek_mode="exact")
         return decoder.get_frames_at(indices).data.permute(0, 2, 3, 1).numpy()
     with av.open(str(path)) as c:
@@ -138,15 +138,19 @@ def meta_indices(total: int, n: int) -> list[int]:
     return [total // 2] if n == 1 else [int(i * (total - 1) / (n - 1)) for i in range(n)]
 
 
+@pytest.mark.parametrize("backend", ["pyav", "torchcodec"])
 @pytest.mark.parametrize("name", GOOD)
-def test_sampled_frames_equal_an_independent_decode(videos, name):
+def test_sampled_frames_equal_an_independent_decode(videos, name, backend):
+    if backend == "torchcodec" and torchcodec_decoders is None:
+        pytest.skip("torchcodec is not installed")
     path = videos / name
     total, times = reference_timing(path)
     total = total or len(times)
     for n in (1, 5):
-        (segment,) = sample(path, n)
+        (segment,) = sample(path, n, backend=backend)
         assert segment.indices == meta_indices(total, n)
-        np.testing.assert_array_equal(np.stack(segment.frames), reference_frames(path, segment.indices))
+        reference = reference_frames(path, segment.indices, loop=backend == "torchcodec")  # never a decoder against itself
+        np.testing.assert_array_equal(np.stack(segment.frames), reference)
         np.testing.assert_allclose(segment.timestamps, times[segment.indices] - times[0], atol=1e-6)
     if name == "rot.mp4":  # stored 64 wide, 32 high, displayed turned by 90 degrees
         assert segment.frames[0].shape == (64, 32, 3)
@@ -372,3 +376,30 @@ def test_gpu_decode_path_on_the_cpu_matches_pil(env, videos, net):
         ref = model.embedding(torch.stack([transform(Image.open(p)) for p in paths])).numpy()
     cos = (np.asarray(rows) * ref).sum(1) / np.linalg.norm(rows, axis=1) / np.linalg.norm(ref, axis=1)
     assert cos.min() > 0.999
+
+
+@pytest.mark.skipif(torchcodec_decoders is None, reason="torchcodec (device video decoding) is not installed")
+def test_device_video_decode_on_the_cpu(videos, env, net):
+    """Videos through torchcodec in the main process (the CUDA path's code, on the CPU): same frames, rows close."""
+    out = env / "video-dev"
+    bad = videos.parent / "bad" / "corrupt.mp4"
+    assert embed(videos / "a.mp4", videos / "rot.mp4", bad, "--out", out, "--what", "clip", "--store-dtype", "float32",
+                 "--frames", 3, "--segment-seconds", "1", "--gpu-decode") == 0
+    records, rows = zoo.read_row_info(out), np.asarray(zoo.read_embeddings(out)[1])
+    assert [(Path(r["path"]).name, r["start"]) for r in records] == [("a.mp4", 0), ("a.mp4", 1.0), ("rot.mp4", 0)]
+    assert "corrupt.mp4" in (out / "errors.txt").read_text()
+    for record, row in zip(records, rows):
+        ref = pooled_reference(net, Path(record["path"]), record["frames"])
+        assert row @ ref / np.linalg.norm(row) / np.linalg.norm(ref) > 0.999
+    # the path taken: workers hand over planned indices, the main process decodes them with torchcodec
+    from zoo.collection.media import MediaFiles
+    from zoo.gpu_decode import decode_batch
+
+    info = net[1]
+    transform = classification_transform(info.size, info.rgb_stats)
+    item = MediaFiles([str(videos / "rot.mp4")], transform, 3, None, planned_video=True)[0]
+    assert item[1] == meta_indices(12, 3)
+    (_, x, _, _), = decode_batch([item], [str(videos / "rot.mp4")], info.size, info.rgb_stats, torch.device("cpu"), transform)
+    ref = torch.stack([transform(Image.fromarray(f)) for f in reference_frames(videos / "rot.mp4", item[1])])
+    std = torch.tensor(info.rgb_stats["std"]).view(1, 3, 1, 1)
+    assert x.shape == ref.shape and ((x - ref) * std * 255).abs().max() <= 2.01

@@ -1,10 +1,13 @@
-"""JPEG decoding and resizing on the model's device, to keep a GPU fed (``zoo embed`` on CUDA).
+"""JPEG and video decoding and resizing on the model's device, to keep a GPU fed (``zoo embed`` on CUDA).
 
 DataLoader workers only read the files' bytes; the main process decodes a whole batch at once with
 ``torchvision.io.decode_jpeg(..., device=device)`` (nvJPEG on CUDA), applies the EXIF orientation, resizes
 each image on the same device (bilinear with antialiasing, rounded to 8 bits as PIL does) and normalises
 it. A file the batch decoder refuses falls back to the exact CPU path (PIL), and an unreadable one
 becomes an error, as on the CPU. Pixels differ slightly from PIL's: another IDCT and another resampler.
+
+Videos, where torchcodec is installed: workers only demux (``zoo.video.probe``, ``plan``), and the main
+process decodes the planned frames with torchcodec's decoder on the device (NVDEC on CUDA).
 """
 
 from __future__ import annotations
@@ -24,6 +27,26 @@ def read_jpeg(path: str | os.PathLike) -> torch.Tensor | None:
     if not data.startswith(JPEG_MAGIC):
         return None
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def torchcodec_decoder():
+    """torchcodec's ``VideoDecoder``, or ``None`` where torchcodec is absent or cannot load FFmpeg's libraries."""
+    try:
+        from torchcodec.decoders import VideoDecoder
+    except Exception:  # noqa: BLE001 -- ImportError, or its FFmpeg loader failing (RuntimeError, OSError)
+        return None
+    return VideoDecoder
+
+
+def decode_video(path: str, indices: list[int], device: torch.device | str) -> torch.Tensor:
+    """The frames at presentation ``indices`` as uint8 RGB [N, 3, H, W] on ``device`` (torchcodec, rotation applied)."""
+    from zoo.video import VideoError
+
+    try:
+        decoder = torchcodec_decoder()(path, device=str(device), seek_mode="exact")
+        return decoder.get_frames_at(indices).data
+    except (RuntimeError, ValueError, IndexError) as e:
+        raise VideoError(f"cannot decode video {path!r} on {device}: {' '.join(str(e).split())}") from None
 
 
 def decode_jpegs(data: list[torch.Tensor], device: torch.device | str) -> list[torch.Tensor]:
@@ -52,7 +75,15 @@ def decode_batch(items: list, paths, size: tuple[int, int], rgb_stats: dict, dev
     """
     from zoo.inference import open_image
 
-    raw = [k for k, it in enumerate(items) if it[1] is not None and it[1].ndim == 1]
+    items = list(items)
+    for k, (i, x, recs, _) in enumerate(items):
+        if isinstance(x, list):  # a planned video: the frame indices of its rows, in row order
+            try:
+                frames = decode_video(paths[i], x, device)
+                items[k] = (i, torch.stack([resize_normalize(f, size, rgb_stats) for f in frames]), recs, None)
+            except Exception as e:  # noqa: BLE001 -- a line of errors.txt
+                items[k] = (i, None, [], f"{type(e).__name__}: {e}")
+    raw = [k for k, it in enumerate(items) if isinstance(it[1], torch.Tensor) and it[1].ndim == 1]
     if not raw:
         return items
     data = [items[k][1] for k in raw]
@@ -65,7 +96,6 @@ def decode_batch(items: list, paths, size: tuple[int, int], rgb_stats: dict, dev
                 images.append(decode_jpegs([d], device)[0])
             except RuntimeError:
                 images.append(None)
-    items = list(items)
     for k, image in zip(raw, images):
         i, _, recs, _ = items[k]
         try:
@@ -76,4 +106,4 @@ def decode_batch(items: list, paths, size: tuple[int, int], rgb_stats: dict, dev
     return items
 
 
-__all__ = ["JPEG_MAGIC", "decode_batch", "decode_jpegs", "read_jpeg", "resize_normalize"]
+__all__ = ["JPEG_MAGIC", "decode_batch", "decode_jpegs", "decode_video", "read_jpeg", "resize_normalize", "torchcodec_decoder"]

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from zoo.collection.read import read_manifest
 from zoo.collection.store import read_json, write_shard
 from zoo.inference import open_image
-from zoo.video import DEFAULT_FRAMES, is_video_name, pool, sample
+from zoo.video import DEFAULT_FRAMES, is_video_name, plan, pool, probe, sample
 
 log = logging.getLogger("zoo")
 
@@ -43,13 +43,14 @@ class MediaFiles(Dataset):
     """``(index, frames [F, 3, H, W] or None, rows, reason or None)`` per path; ``rows`` is one record a row.
 
     An image is one row of one frame (record ``None``); a video is one row per segment of ``frames`` frames each.
-    With ``raw_jpeg`` a JPEG file comes back as its bytes (a uint8 tensor) for decoding on the GPU.
+    With ``raw_jpeg`` a JPEG file comes back as its bytes (a uint8 tensor), and with ``planned_video`` a video
+    as the list of its frame indices (demuxed, not decoded), for decoding on the model's device.
     """
 
     def __init__(self, paths: Sequence[str], transform, frames: int = DEFAULT_FRAMES, segment_seconds: float | None = None,
-                 raw_jpeg: bool = False) -> None:
+                 raw_jpeg: bool = False, planned_video: bool = False) -> None:
         self.paths, self.transform, self.frames, self.segment_seconds = paths, transform, frames, segment_seconds
-        self.raw_jpeg = raw_jpeg
+        self.raw_jpeg, self.planned_video = raw_jpeg, planned_video
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -62,6 +63,9 @@ class MediaFiles(Dataset):
     def __getitem__(self, i: int):
         path = self.paths[i]
         try:
+            if is_video_name(path) and self.planned_video:
+                segments = plan(probe(path), self.frames, self.segment_seconds)
+                return i, [k for s in segments for k in s.indices], [s.info() for s in segments], None
             if is_video_name(path):
                 segments = sample(path, self.frames, self.segment_seconds, convert=self._convert)
                 return i, torch.stack([f for s in segments for f in s.frames]), [s.info() for s in segments], None
@@ -76,6 +80,12 @@ class MediaFiles(Dataset):
             return i, None, [], f"{type(e).__name__}: {e}"
 
 
+def _torchcodec_here() -> bool:
+    from zoo.gpu_decode import torchcodec_decoder
+
+    return torchcodec_decoder() is not None
+
+
 def _collate(items):
     return items
 
@@ -84,7 +94,8 @@ def embed_media_shards(run, paths, shards, out: Path, shard_size: int, batch_siz
                        dev: torch.device, dtype: torch.dtype, normalize: bool, dim: int, store_dtype: str, progress: bool,
                        video: dict | None, size: tuple[int, int] | None = None, rgb_stats: dict | None = None) -> None:
     """Embed and write ``shards`` of ``paths`` holding videos and/or images: frames through ``run`` in batches of
-    ``batch_size``, each video row the pooled mean of its frames; JPEGs decoded on ``dev`` when ``size`` is given."""
+    ``batch_size``, each video row the pooled mean of its frames. With ``size`` (device decoding): JPEGs, and
+    videos where torchcodec is installed, decoded and resized on ``dev`` (``zoo.gpu_decode``)."""
     from tqdm.auto import tqdm
 
     frames = video["frames"] if video else 1
@@ -98,7 +109,9 @@ def embed_media_shards(run, paths, shards, out: Path, shard_size: int, batch_siz
     if not batches:
         return
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
-    dataset = MediaFiles(paths, transform, frames, video["segment_seconds"] if video else None, raw_jpeg=size is not None)
+    planned = size is not None and video is not None and _torchcodec_here()
+    dataset = MediaFiles(paths, transform, frames, video["segment_seconds"] if video else None, raw_jpeg=size is not None,
+                         planned_video=planned)
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
                         pin_memory=dev.type == "cuda", prefetch_factor=4 if workers else None)
     normalize_frames = bool(video and video["normalize_frames"])
