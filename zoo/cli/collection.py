@@ -70,7 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--normalize-frames", action="store_true",
                    help="average unit-length frame embeddings (Meta's retrieval evaluation) instead of the raw ones (its classification)")
     p.add_argument("--gpu-decode", action=argparse.BooleanOptionalAction, default=None,
-                   help="decode and resize JPEGs on the device (default: on for CUDA; --no-gpu-decode: the exact CPU path)")
+                   help="decode and resize JPEGs (and videos, where torchcodec is installed) on the device "
+                        "(default: on for CUDA; --no-gpu-decode: the exact CPU path)")
     p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar, warnings only")
     add_weights_dir(p)
     add_device(p)

@@ -155,7 +155,8 @@ def embed_media_shards(run, paths, shards, out: Path, shard_size: int, batch_siz
                 write_shard(out, s, stacked, good, bad, segments=records if video else None)
                 rows, good, records, bad = [], [], [], []
     seconds = time.perf_counter() - start
-    log.info(f"embedded {done} files in {seconds:.1f} s ({done / seconds:.2f} files/s)")
+    unit = ("files", "files") if video else ("images", "img")  # images only: the same line as the plain image path
+    log.info(f"embedded {done} {unit[0]} in {seconds:.1f} s ({done / seconds:.2f} {unit[1]}/s)")
 
 
 def shard_records(directory: str | os.PathLike, manifest: dict[str, Any], shard: int) -> list[dict[str, Any]]:
