@@ -4,6 +4,7 @@ frame embeddings, segments, search by a planted frame, resume, unreadable media;
 import dataclasses
 import json
 import shutil
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -164,6 +165,12 @@ def test_unreadable_media_raise_video_error_naming_the_file(videos):
     with pytest.raises(VideoError, match="no video stream"):
         probe(bad / "audio.mp4")
     assert issubclass(VideoError, zoo.inference.ImageError)
+
+
+def test_without_pyav_a_video_is_one_clear_error(videos, monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` now fails, as where the extra is not installed
+    with pytest.raises(VideoError, match=r"a\.mp4.*pip install \"pe-zoo\[video\]\""):
+        probe(videos / "a.mp4")
 
 
 def embed(*args) -> int:

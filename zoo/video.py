@@ -89,11 +89,11 @@ class Segment:
         return {"start": round(self.start, 6), "end": round(self.end, 6), "frames": list(self.indices)}
 
 
-def _av():
+def _av(path: str):
     try:
         import av
     except ImportError:
-        raise ImportError('videos need PyAV: pip install "pe-zoo[video]"') from None
+        raise VideoError(f'cannot read video {path!r}: videos need PyAV, pip install "pe-zoo[video]"') from None
     return av
 
 
@@ -103,7 +103,7 @@ def _fail(path: str, cause: object) -> VideoError:
 
 
 def _open(path: str):
-    av = _av()
+    av = _av(path)
     if not os.path.isfile(path):
         raise VideoError(f"cannot read video {path!r}: no such file")
     try:
@@ -119,7 +119,7 @@ def _open(path: str):
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Demux ``path`` (cheap: no decoding) into frame timestamps and duration; ``VideoError`` if unreadable."""
     path = os.fspath(path)
-    av = _av()
+    av = _av(path)
     container = _open(path)
     try:
         stream = container.streams.video[0]
@@ -187,7 +187,7 @@ def decode(
 
 
 def _decode_pyav(path: str, wanted: set[int], convert: Callable[[np.ndarray], Any] | None, info: VideoInfo) -> dict[int, Any]:
-    av = _av()
+    av = _av(path)
     first = {}  # a timestamp's first presentation index; a repeated timestamp takes the next ones in turn
     for i, p in enumerate(info.pts.tolist()):
         first.setdefault(p, i)
