@@ -339,7 +339,7 @@ def test_classify_a_video_cli(videos, env, capsys):
         labels = ["a cat", "a dog", "a car"]
         assert main(["classify", CORE.name, str(videos / "a.mp4"), "--labels", ",".join(labels), "--frames", "3"]) == 0
         printed = capsys.readouterr().out.splitlines()
-        model = zoo.load_pretrained_clip(CORE.name, inference=True)
+        model = zoo.load_pretrained_clip(CORE.name, inference=True, dtype=torch.float32)
         probs = clip_reference(model, videos / "a.mp4", meta_indices(45, 3), labels)
     assert printed[0].endswith("a.mp4")
     shown = {" ".join(line.split()[1:3]): float(line.split()[-1].rstrip("%")) for line in printed[1:]}
