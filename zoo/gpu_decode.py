@@ -12,6 +12,7 @@ process decodes the planned frames with torchcodec's decoder on the device (NVDE
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -62,9 +63,14 @@ def resize_normalize(image: torch.Tensor, size: tuple[int, int], rgb_stats: dict
     x = image.unsqueeze(0).float()
     if tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False).round_().clamp_(0, 255)
-    mean = torch.tensor(rgb_stats["mean"], device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(rgb_stats["std"], device=x.device).view(1, 3, 1, 1)
+    mean, std = _stats(tuple(rgb_stats["mean"]), tuple(rgb_stats["std"]), x.device)
     return ((x / 255.0 - mean) / std)[0]
+
+
+@functools.lru_cache(maxsize=8)
+def _stats(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalisation constants on ``device``, made once (not two host-to-device copies per image)."""
+    return torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1)
 
 
 def decode_batch(items: list, paths, size: tuple[int, int], rgb_stats: dict, device: torch.device, transform) -> list:
