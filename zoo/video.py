@@ -15,7 +15,6 @@ from the first frame. Every unreadable video raises ``VideoError`` (an ``ImageEr
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -27,7 +26,6 @@ import torch
 
 from zoo.images import ImageError
 
-log = logging.getLogger("zoo.video")
 
 DEFAULT_FRAMES = 8  # apps/pe/clip_benchmark/cli.py: --num-frames default 8
 TORCHCODEC_CHUNK = 32  # frames torchcodec decodes at once
