@@ -5,7 +5,7 @@ import sys as _sys
 from zoo import weights
 from zoo.clip import PECLIP, create_clip, get_tokenizer, load_pretrained_clip, zero_shot_classifier, zero_shot_classify
 from zoo.clip import tokenizer as _tokenizer
-from zoo.collection import embed_collection, read_embeddings, search
+from zoo.collection import embed_collection, read_embeddings, read_row_info, search
 from zoo.eval import published_results
 from zoo.hub import push_to_hub
 from zoo.integrations.open_clip import from_open_clip, to_open_clip
@@ -30,7 +30,7 @@ __all__ = [
     "ModelInfo", "PEConfig", "PEViT", "classification_transform", "create_model", "get_model_config",
     "get_size_from_signature", "list_pretrained_models", "load_pretrained_model", "optimize", "param_groups", "push_to_hub", "__version__",
     "PECLIP", "create_clip", "get_tokenizer", "load_pretrained_clip", "zero_shot_classifier", "zero_shot_classify",
-    "embed_collection", "read_embeddings", "search",
+    "embed_collection", "read_embeddings", "read_row_info", "search",
     "published_results",
     "from_open_clip", "from_timm", "to_open_clip", "to_timm",
 ]

@@ -60,10 +60,9 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from zoo.clip import load_pretrained_clip, zero_shot_classifier, zero_shot_classify
+    from zoo.clip import load_pretrained_clip, zero_shot_classifier
     from zoo.clip.model import fill_template
     from zoo.clip.tokenizer import get_tokenizer
-    from zoo.inference import open_image
     from zoo.transforms import classification_transform
 
     labels = [label.strip() for label in (args.labels or "").split(",") if label.strip()]
@@ -77,15 +76,29 @@ def cmd_classify(args: argparse.Namespace) -> int:
         args.name, inference=True, dtype=DTYPES[args.dtype], device=args.device, weights_dir=args.weights_dir
     )
     transform = classification_transform(entry.size, entry.rgb_stats)
-    images = torch.stack([transform(open_image(path)) for path in args.images]).to(args.device or "cpu", DTYPES[args.dtype])
     classifier = zero_shot_classifier(model, get_tokenizer(args.name), labels, templates=templates)
-    probs = zero_shot_classify(model, images, classifier).float()
+    probs = [_classify_one(model, path, transform, classifier, args) for path in args.images]
     width = max(len(label) for label in labels)
     for path, p in zip(args.images, probs):
         print(path)
         for rank, i in enumerate(p.argsort(descending=True).tolist(), 1):
             print(f"  {rank:>2}  {labels[i]:<{width}}  {100 * p[i].item():6.2f}%")
     return 0
+
+
+def _classify_one(model, path: str, transform, classifier: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
+    """Probabilities of one image, or of one video (``--frames`` frames pooled as in Meta's Kinetics evaluation)."""
+    from PIL import Image
+
+    from zoo.clip import zero_shot_classify
+    from zoo.inference import open_image
+    from zoo.video import is_video_name, sample, zero_shot_classify_video
+
+    device, dtype = args.device or "cpu", DTYPES[args.dtype]
+    if is_video_name(path):
+        frames = sample(path, args.frames, convert=lambda a: transform(Image.fromarray(a)))[0].frames
+        return zero_shot_classify_video(model, torch.stack(frames).to(device, dtype), classifier)
+    return zero_shot_classify(model, transform(open_image(path)).unsqueeze(0).to(device, dtype), classifier).float()[0]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -116,10 +129,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_weights_dir(p)
     add_device(p)
     p.set_defaults(func=cmd_features)
-    p = sub.add_parser("classify", help="zero-shot classification of images over your labels (PE-Core CLIP models)",
-                       description="Rank the labels for each image by CLIP probability (PE-Core models only).")
+    p = sub.add_parser("classify", help="zero-shot classification of images or videos over your labels (PE-Core CLIP models)",
+                       description="Rank the labels for each image or video by CLIP probability (PE-Core models only).")
     p.add_argument("name", help="a PE-Core registry name (see `list '*pe-core'`)")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("images", nargs="+", metavar="FILE", help="image or video files")
+    p.add_argument("--frames", type=int, default=8, metavar="N",
+                   help="frames sampled per video, evenly, their embeddings averaged as in Meta's evaluation (default 8)")
     p.add_argument("--labels", help='comma-separated class names, e.g. "a cat,a dog,a diagram"')
     p.add_argument("--template", action="append", metavar="TEXT",
                    help="a prompt with {} for the label, e.g. 'a photo of {}.' (repeat to average several; default: the label as is)")

@@ -31,7 +31,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         args.name, args.inputs, args.out, what=args.what, normalize=args.normalize, store_dtype=args.store_dtype,
         shard_size=args.shard_size, batch_size=args.batch_size, workers=args.workers, dtype=DTYPES[args.dtype],
         device=args.device, size=args.size, weights_dir=args.weights_dir, optimize=args.optimize,
-        progress=not args.quiet, append=args.append,
+        progress=not args.quiet, append=args.append, frames=args.frames, segment_seconds=args.segment_seconds,
+        normalize_frames=args.normalize_frames, gpu_decode=args.gpu_decode,
     )
     if int(os.environ.get("RANK", "0")) == 0 and not args.quiet:
         print(f"{result.out}: {result.rows} embeddings in {result.shards} shards, {result.errors} unreadable images"
@@ -49,7 +50,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps([h.to_dict() for h in hits], indent=1))
     else:
         for h in hits:
-            print(f"{h.rank:>4}  {h.score:.4f}  {escape_line(h.path)}")
+            print(f"{h.rank:>4}  {h.score:.4f}  {escape_line(h.path)}" + (f"  {h.start:.2f}-{h.end:.2f} s" if h.start is not None else ""))
     return 0
 
 
@@ -60,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EMBED_EXAMPLES)
     p.add_argument("name", help="a registry name (see `list`)")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image files, folders (recursive), glob patterns ('photos/**/*.jpg') or @list.txt (one path a line)")
+                   help="image or video files, folders (recursive), glob patterns ('photos/**/*.jpg') or @list.txt (one path a line)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="output folder: shard-*.npy/.json, manifest.json, errors.txt (an existing one is resumed)")
     p.add_argument("--append", action="store_true",
@@ -76,6 +77,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, help="input size in pixels (default: the native size)")
     p.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=None,
                    help="run through zoo.optimize (default: on from 32 images, where it repays any compile time)")
+    p.add_argument("--frames", type=int, default=8, metavar="N",
+                   help="frames sampled per video (or per segment), evenly as in Meta's evaluation (default 8)")
+    p.add_argument("--segment-seconds", type=float, metavar="S", help="one row per S-second window of each video (default: one row per video)")
+    p.add_argument("--normalize-frames", action="store_true",
+                   help="average unit-length frame embeddings (Meta's retrieval evaluation) instead of the raw ones (its classification)")
+    p.add_argument("--gpu-decode", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode and resize JPEGs (and videos, where torchcodec is installed) on the device "
+                        "(default: on for CUDA; --no-gpu-decode: the exact CPU path)")
     p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar, warnings only")
     add_weights_dir(p)
     add_device(p)

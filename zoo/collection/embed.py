@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from zoo import weights
 from zoo.collection.inputs import expand_inputs
 from zoo.collection.read import read_manifest, shard_paths
+from zoo.collection.media import embed_media_shards, video_settings
 from zoo.collection.store import (
     APPEND, FORMAT, MANIFEST, SETTINGS, CollectionError, read_json, remove_temporaries, shard_done, stale_temporaries,
     write_json, write_manifest, write_shard,
@@ -36,6 +37,7 @@ from zoo.loader import load_entry
 from zoo.registry import get_entry
 from zoo.transforms import classification_transform
 from zoo.version import __version__
+from zoo.video import DEFAULT_FRAMES
 
 log = logging.getLogger("zoo")
 
@@ -43,7 +45,7 @@ What = Literal["embedding", "clip"]
 STORE_DTYPES = ("float16", "float32")
 OPTIMIZE_MIN_IMAGES = 32  # from this many images on, zoo.optimize repays a compile (where it compiles)
 IDENTITY = ("format", "model", "weights_sha256", "what", "normalize", "dtype", "size", "dim", "store_dtype",
-            "shard_size", "num_inputs", "inputs_sha256")
+            "shard_size", "num_inputs", "inputs_sha256", "video")
 INPUT_KEYS = ("num_inputs", "inputs_sha256")  # what an --append may change
 DIST_TIMEOUT = timedelta(hours=2)  # ranks wait at most about one shard's work for each other
 
@@ -234,6 +236,10 @@ def embed_collection(
     optimize: bool | None = None,
     progress: bool = True,
     append: bool = False,
+    frames: int = DEFAULT_FRAMES,
+    segment_seconds: float | None = None,
+    normalize_frames: bool = False,
+    gpu_decode: bool | None = None,
 ) -> EmbedResult:
     """Embed the images of ``inputs`` (files, folders, globs, ``@list.txt``) with registry model ``name`` into ``out``.
 
@@ -246,6 +252,10 @@ def embed_collection(
     as new shards, with the same model and options (else ``CollectionError``); the manifest takes them at
     once, when all are written; an interrupted append resumes like an interrupted embed.
     Under torchrun every rank calls this; each writes its share of the shards.
+
+    Videos (``zoo.video``) give one row each, or one per ``segment_seconds`` window: the mean of the
+    embeddings of ``frames`` frames sampled as in Meta's evaluation (of unit vectors with ``normalize_frames``).
+    ``gpu_decode`` (default: on when ``device`` is CUDA): JPEGs decoded and resized on the device.
     """
     start = time.perf_counter()
     if what not in ("embedding", "clip"):
@@ -256,12 +266,15 @@ def embed_collection(
         raise ValueError("--shard-size and --batch-size must be at least 1")
     out = Path(out)
     paths = expand_inputs(inputs)
+    video = video_settings(paths, frames, segment_seconds, normalize_frames)
     entry = get_entry(name)
     if what == "clip" and not entry.config.clip_dim:
         raise ValueError(f"--what clip needs a PE-Core model (the CLIP projection); {entry.name} has none: use --what embedding")
     known = {"format": FORMAT, "model": entry.name, "what": what, "normalize": normalize,
              "dtype": str(dtype).removeprefix("torch."), "store_dtype": store_dtype, "shard_size": shard_size,
              "num_inputs": len(paths), "inputs_sha256": _inputs_sha256(paths)}
+    if video:
+        known["video"] = video
     if append or (out / SETTINGS).exists():
         _check(out, known, append)  # what can be told before the weights load (the rest after)
     dev = _device(device)
@@ -272,7 +285,7 @@ def embed_collection(
         sha = weights.verify(info.weights, entry.weights.sha256, weights.converter_command(entry))
         settings = {**known, "weights_sha256": sha, "size": list(info.size),
                     "dim": entry.config.clip_dim if what == "clip" else entry.config.width}
-        settings = {k: settings[k] for k in IDENTITY}  # settings.json in its usual key order
+        settings = {k: settings[k] for k in IDENTITY if k in settings}  # settings.json in its usual key order
         if rank == 0:
             _prepare(out, settings, append)
         _barrier(world, dev)
@@ -305,8 +318,14 @@ def embed_collection(
         else:
             run = torch.inference_mode()(getattr(net, method))
         transform = classification_transform(info.size, info.rgb_stats)
-        _embed_shards(run, paths, mine, out, base, shard_size, batch_size, workers, transform, dev, dtype, normalize,
-                      settings["dim"], store_dtype, progress and rank == 0)
+        on_device = dev.type == "cuda" if gpu_decode is None else gpu_decode
+        if video or on_device:
+            embed_media_shards(run, paths, mine, out, base, shard_size, batch_size, workers, transform, dev, dtype,
+                               normalize, settings["dim"], store_dtype, progress and rank == 0, video,
+                               info.size if on_device else None, info.rgb_stats)
+        else:
+            _embed_shards(run, paths, mine, out, base, shard_size, batch_size, workers, transform, dev, dtype, normalize,
+                          settings["dim"], store_dtype, progress and rank == 0)
         _barrier(world, dev)
         if rank == 0:
             missing = [s for s in range(base, num_shards) if not shard_done(out, s, settings["dim"], store_dtype)]

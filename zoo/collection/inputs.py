@@ -6,6 +6,8 @@ import glob
 import os
 from collections.abc import Iterable, Sequence
 
+from zoo.video import is_video_name
+
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".jfif", ".avif", ".heic",
 })
@@ -26,7 +28,7 @@ def _folder_images(folder: str) -> list[str]:
             continue
         walked.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # a stable walk: the first link to a folder wins
-        found.extend(path for f in files if is_image_name(f) and not f.startswith(".")
+        found.extend(path for f in files if (is_image_name(f) or is_video_name(f)) and not f.startswith(".")
                      and os.path.isfile(path := os.path.join(root, f)))  # not a FIFO, socket or device
     return sorted(found)
 

@@ -23,15 +23,19 @@ MAX_THREADS = 8  # the scan is memory-bound: more threads stop helping
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result: ``rank`` (1 = best), cosine ``score``, the image ``path`` and its ``row`` in the collection."""
+    """One search result: ``rank`` (1 = best), cosine ``score``, the image ``path`` and its ``row`` in the collection;
+    for a video row also ``start`` and ``end`` (seconds) of the moment it embeds."""
 
     rank: int
     score: float
     path: str
     row: int
+    start: float | None = None
+    end: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        return d if self.start is not None else {k: v for k, v in d.items() if k not in ("start", "end")}
 
 
 def top_k(rows, query: np.ndarray | torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -177,8 +181,13 @@ def search(
     scores, index = top_k(rows, query, k)
     shard_of = np.searchsorted(rows.offsets, index, side="right") - 1
     paths = {s: shard_paths(directory, manifest, s) for s in set(shard_of.tolist())}  # only the shards hit
-    return [Hit(r, float(score), paths[s][int(i - rows.offsets[s])], int(i))
+    hits = [Hit(r, float(score), paths[s][int(i - rows.offsets[s])], int(i))
             for r, (score, i, s) in enumerate(zip(scores, index, shard_of), 1)]
+    if manifest.get("video"):  # video rows: the moment each hit embeds
+        from zoo.collection.media import with_times
+
+        hits = with_times(directory, manifest, hits, rows.offsets, shard_of)
+    return hits
 
 
 __all__ = ["Hit", "check_weights", "search", "top_k"]

@@ -69,13 +69,19 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def write_shard(out: Path, index: int, rows: np.ndarray, paths: list[str], errors: list[tuple[str, str]]) -> None:
-    """Shard ``index``: its rows (``.npy``) first, then its paths and errors (``.json``, the commit mark)."""
+def write_shard(out: Path, index: int, rows: np.ndarray, paths: list[str], errors: list[tuple[str, str]],
+                segments: list | None = None) -> None:
+    """Shard ``index``: its rows (``.npy``) first, then its paths and errors (``.json``, the commit mark).
+
+    ``segments`` (collections with videos): one record per row, ``None`` for an image (see ``zoo.collection.media``)."""
     if len(rows) != len(paths):
         raise ValueError(f"shard {index}: {len(rows)} rows but {len(paths)} paths")
     stem = shard_stem(index)
     write_atomic(out / f"{stem}.npy", lambda f: np.save(f, rows, allow_pickle=False))
-    write_json(out / f"{stem}.json", {"rows": len(rows), "paths": paths, "errors": [list(e) for e in errors]})
+    meta = {"rows": len(rows), "paths": paths, "errors": [list(e) for e in errors]}
+    if segments is not None:
+        meta["segments"] = segments
+    write_json(out / f"{stem}.json", meta)
 
 
 def shard_done(out: Path, index: int, dim: int, dtype: str) -> bool:
