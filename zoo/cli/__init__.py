@@ -18,7 +18,7 @@ from zoo.version import __version__
 from zoo.weights import ConversionError, WeightsIntegrityError, WeightsNotFoundError
 from zoo.weights.writer import exit_on_sigterm
 
-COMMANDS = ("zoo.cli.basic", "zoo.cli.collection", "zoo.cli.finetune", "zoo.cli.export")
+COMMANDS = ("zoo.cli.basic", "zoo.cli.collection", "zoo.cli.index", "zoo.cli.finetune", "zoo.cli.export")
 USER_ERRORS = (
     UnknownModelError, RegistryError, WeightsNotFoundError, WeightsIntegrityError, ConversionError, ExportError, ValueError, OSError,
 )

@@ -34,9 +34,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     from zoo.collection import search
 
     hits = search(args.directory, k=args.k, text=args.text, image=args.image, device=args.device,
-                  weights_dir=args.weights_dir)
+                  weights_dir=args.weights_dir, exact=args.exact)
     if args.json:
-        print(json.dumps([h.to_dict() for h in hits], indent=1))
+        print(json.dumps({"method": hits.method, "reason": hits.reason, "hits": [h.to_dict() for h in hits]}, indent=1))
     else:
         for h in hits:
             print(f"{h.rank:>4}  {h.score:.4f}  {h.path}")
@@ -68,14 +68,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device(p)
     p.set_defaults(func=cmd_embed)
 
-    helptext = "search an embedded collection by text or by image (exact cosine top-k)"
+    helptext = "search an embedded collection by text or by image (cosine top-k; through its index when current)"
     p = sub.add_parser("search", help=helptext, description=helptext + ".")
     p.add_argument("directory", type=Path, metavar="DIR", help="a folder written by `embed`")
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", help='a text query, e.g. "a red bicycle" (needs a collection embedded with --what clip)')
     query.add_argument("--image", metavar="IMAGE", help="an image file: its nearest images")
     p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON (rank, score, path, row)")
+    p.add_argument("--exact", action="store_true", help="scan every row even when the collection has a current index")
+    p.add_argument("--json", action="store_true",
+                   help='print JSON: {"method": "index" or "exact", "reason": why the scan, "hits": [rank, score, path, row]}')
     add_weights_dir(p)
     add_device(p)
     p.set_defaults(func=cmd_search)

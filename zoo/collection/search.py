@@ -32,6 +32,14 @@ class Hit:
         return asdict(self)
 
 
+class Hits(list):
+    """The hits of ``search``, best first, with ``method`` (``"index"`` or ``"exact"``) and ``reason`` (why the exact scan)."""
+
+    def __init__(self, hits: list[Hit], method: str, reason: str | None) -> None:
+        super().__init__(hits)
+        self.method, self.reason = method, reason
+
+
 def top_k(rows, query: np.ndarray | torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``(scores, row indices)`` of the ``k`` rows most cosine-similar to ``query``, best first (ties: lower row first).
 
@@ -123,12 +131,14 @@ def search(
     image: str | os.PathLike | Any | None = None,
     device: str | None = None,
     weights_dir: str | os.PathLike | None = None,
-) -> list[Hit]:
-    """The ``k`` images of the collection in ``directory`` closest (exact cosine) to one query.
+    exact: bool = False,
+) -> Hits:
+    """The ``k`` images of the collection in ``directory`` closest (cosine) to one query.
 
     Give exactly one of ``query`` (a vector of the collection's width), ``text`` (through the PE-Core text
     tower of the collection's model; the collection must hold ``clip`` rows) or ``image`` (a path or PIL
-    image, embedded exactly like the collection).
+    image, embedded exactly like the collection). A current index (``python -m zoo index``) answers
+    unless ``exact=True``; otherwise the exact scan does. ``hits.method`` says which, ``hits.reason`` why the scan.
     """
     if sum(q is not None for q in (query, text, image)) != 1:
         raise ValueError("give exactly one query: a vector, text=... or image=...")
@@ -140,11 +150,13 @@ def search(
     elif image is not None:
         query = _image_query(manifest, image, device, weights_dir)
     rows = open_rows(directory, manifest)
-    scores, index = top_k(rows, query, k)
+    from zoo.collection.index import search_rows
+
+    scores, index, method, reason = search_rows(directory, manifest, rows, query, k, exact=exact)
     shard_of = np.searchsorted(rows.offsets, index, side="right") - 1
     paths = {s: shard_paths(directory, manifest, s) for s in set(shard_of.tolist())}  # only the shards hit
-    return [Hit(r, float(score), paths[s][int(i - rows.offsets[s])], int(i))
-            for r, (score, i, s) in enumerate(zip(scores, index, shard_of), 1)]
+    return Hits([Hit(r, float(score), paths[s][int(i - rows.offsets[s])], int(i))
+                 for r, (score, i, s) in enumerate(zip(scores, index, shard_of), 1)], method, reason)
 
 
-__all__ = ["Hit", "search", "top_k"]
+__all__ = ["Hit", "Hits", "search", "top_k"]
