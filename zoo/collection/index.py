@@ -155,6 +155,7 @@ def _new_index(kind: str, rows: MappedRows, rng: np.random.Generator, progress: 
     nlist = int(min(2 ** round(np.log2(max(4 * np.sqrt(n), 16))), max(n // TRAIN_PER_LIST, 1)))
     m = _pq_bytes(dim)
     index = faiss.index_factory(dim, f"IVF{nlist},PQ{m}", faiss.METRIC_INNER_PRODUCT)
+    faiss.downcast_index(index).do_polysemous_training = False  # unused here, and by far the slowest part of training
     sample = _read(rows, _sample_rows(rows, min(MAX_TRAIN, max(TRAIN_PER_LIST * nlist, 10_000)), rng))
     log.info(f"training IVF{nlist},PQ{m} on {len(sample)} rows")
     start = time.perf_counter()
@@ -241,16 +242,15 @@ def read_index_meta(directory: str | os.PathLike) -> dict[str, Any] | None:
     return meta
 
 
-def _write(directory: Path, index, meta: dict[str, Any], old: dict[str, Any] | None) -> None:
+def _write(directory: Path, index, meta: dict[str, Any]) -> None:
     """The index under a new name, then ``index.json`` naming it (the commit), then the old file goes."""
     faiss = _faiss()
     meta["file"] = f"index-{secrets.token_hex(4)}.faiss"
     write_atomic(directory / meta["file"], lambda f: f.write(faiss.serialize_index(index).tobytes()))
     write_json(directory / INDEX_META, meta)
-    if old is not None and old.get("file") != meta["file"]:
-        (directory / old["file"]).unlink(missing_ok=True)
-    for tmp in directory.glob(f".index-*{TMP_SUFFIX}"):
-        tmp.unlink(missing_ok=True)
+    for path in [*directory.glob("index-*.faiss"), *directory.glob(f".index-*{TMP_SUFFIX}")]:
+        if path.name != meta["file"]:  # the replaced index, and what an interrupted build left
+            path.unlink(missing_ok=True)
 
 
 def _load(directory: Path, meta: dict[str, Any]):
@@ -286,9 +286,9 @@ def build_index(
     rows = open_rows(directory, manifest)
     state = collection_state(manifest)
     kind = kind or _auto_kind(len(rows))
-    old = read_index_meta(directory)
+    old = None if rebuild else read_index_meta(directory)
     rng = np.random.default_rng(seed)
-    if old is not None and not rebuild and old["kind"] == kind and _extends(old["state"], state):
+    if old is not None and old["kind"] == kind and _extends(old["state"], state):
         covered = len(old["state"]["shards"])
         if old["state"] == state and old["target"] == recall:
             log.info(f"{directory / INDEX_META} is current: {kind}, {state['rows']} rows, recall@10 {old['recall']:.3f}")
@@ -302,7 +302,7 @@ def build_index(
     reached = _tune(index, meta, rows, recall, rng)
     faiss = _faiss()
     meta.update(state=state, target=recall, recall=round(reached, 4), queries=QUERIES, faiss=faiss.__version__)
-    _write(directory, index, meta, old)
+    _write(directory, index, meta)
     _CACHE.clear()
     seconds = time.perf_counter() - start
     log.info(f"wrote {directory / meta['file']}: {kind} over {state['rows']} rows, recall@10 {reached:.3f} "
