@@ -1,6 +1,7 @@
-"""The HTTP layer of ``zoo serve``: a JSON search API, the images of the collection's rows, and one page."""
+"""The HTTP layer of ``zoo serve``: a JSON search API, the images of the collection's rows, and one page.
 
-from __future__ import annotations
+(No ``from __future__ import annotations`` here: FastAPI reads the route functions' annotations at run time.)
+"""
 
 import io
 import logging
@@ -24,7 +25,8 @@ MAX_UPLOAD = 32 * 2**20  # bytes
 def _require():
     try:
         import fastapi  # noqa: F401
-        import multipart  # noqa: F401  (python-multipart: image uploads)
+        import python_multipart  # noqa: F401  (image uploads)
+        import uvicorn  # noqa: F401
     except ImportError:
         raise OSError(f"zoo serve needs fastapi, uvicorn and python-multipart: {SERVE_EXTRA}") from None
 

@@ -157,11 +157,14 @@ class Batcher:
         self.engine, self.max_batch, self.wait_s = engine, max_batch, wait_s
         self.queue: asyncio.Queue[tuple[Query, asyncio.Future]] | None = None
         self.task: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.batches: list[int] = []  # sizes of the last batches run (the tests and the log read them)
 
     def start(self) -> None:
+        """Start the batching task on the running event loop."""
+        self.loop = asyncio.get_running_loop()
         self.queue = asyncio.Queue()
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        self.task = self.loop.create_task(self._run())
 
     async def stop(self) -> None:
         if self.task is not None:
@@ -172,7 +175,7 @@ class Batcher:
                 pass
 
     async def submit(self, query: Query) -> dict[str, Any]:
-        if self.queue is None:
+        if self.loop is not asyncio.get_running_loop():  # first query, or a new event loop
             self.start()
         future = asyncio.get_running_loop().create_future()
         await self.queue.put((query, future))
