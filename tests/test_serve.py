@@ -45,7 +45,7 @@ def collection(module_tmp):
     with pytest.MonkeyPatch.context() as mp, use_cache(module_tmp / "hub", offline=True):
         mp.setenv("ZOO_HOME", str(module_tmp / "home"))
         mp.setitem(load_registry(), CORE.name, entry)
-        torch.save(meta_clip_state_dict(CORE.config, TEXT, seed=3), module_tmp / "clip.pt")
+        torch.save(meta_clip_state_dict(entry.config, TEXT, seed=3), module_tmp / "clip.pt")
         convert_checkpoint(entry, module_tmp / "clip.pt", weights_dir())
         convert_text_checkpoint(entry, module_tmp / "clip.pt", weights_dir())
         rng = np.random.default_rng(0)
