@@ -35,9 +35,9 @@ KINDS = ("flat", "ivfpq")
 FLAT_BELOW = 200_000  # rows: below this a flat index (exact, 4 bytes a value) is small and fast enough
 RECALL_K = 10
 QUERIES = 200  # held-out queries that measure recall@10
-CANDIDATES = 200  # ivfpq: candidates re-scored exactly from the rows per query (at least 10 * k)
+CANDIDATES = (100, 400, 1600)  # ivfpq: candidate pools re-scored exactly from the rows per query (at least 10 * k)
 TRAIN_PER_LIST = 40  # ivfpq: training rows per inverted list (FAISS warns below 39)
-MAX_TRAIN = 65_536  # at most this many training rows (128 MB of float32 at 512 values a row; FAISS caps PQ training there)
+MAX_TRAIN = 131_072  # at most this many training rows (256 MB of float32 at 512 values a row); caps nlist at 3276
 FAISS_EXTRA = "pip install 'pe-zoo[index]'"
 
 
@@ -152,7 +152,7 @@ def _new_index(kind: str, rows: MappedRows, rng: np.random.Generator, progress: 
     n, dim = rows.shape
     if kind == "flat":
         return faiss.IndexFlatIP(dim), {}
-    nlist = int(min(2 ** round(np.log2(max(4 * np.sqrt(n), 16))), max(n // TRAIN_PER_LIST, 1)))
+    nlist = int(min(2 ** round(np.log2(max(4 * np.sqrt(n), 16))), max(n // TRAIN_PER_LIST, 1), MAX_TRAIN // TRAIN_PER_LIST))
     m = _pq_bytes(dim)
     index = faiss.index_factory(dim, f"IVF{nlist},PQ{m}", faiss.METRIC_INNER_PRODUCT)
     faiss.downcast_index(index).do_polysemous_training = False  # unused here, and by far the slowest part of training
@@ -180,15 +180,18 @@ def _add_shards(index, rows: MappedRows, first_shard: int, progress: bool) -> in
     return added
 
 
+def _candidates(index, queries: np.ndarray, nprobe: int, want: int) -> np.ndarray:
+    """[Q, want] row numbers the IVF index proposes (best estimate first; -1 pads), visiting ``nprobe`` lists."""
+    _faiss().extract_index_ivf(index).nprobe = nprobe
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), min(want, index.ntotal))[1]
+
+
 def _search(index, meta: dict[str, Any], rows: MappedRows, queries: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(scores, rows)`` per unit query: the index's candidates re-scored exactly, best ``k`` first."""
-    faiss = _faiss()
     if meta["kind"] == "ivfpq":
-        faiss.extract_index_ivf(index).nprobe = meta["params"]["nprobe"]
-        want = max(meta["params"]["candidates"], 10 * k)
+        found = _candidates(index, queries, meta["params"]["nprobe"], max(meta["params"]["candidates"], 10 * k))
     else:
-        want = k
-    _, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(want, index.ntotal))
+        found = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, index.ntotal))[1]
     return [_rank(rows, q, c, k) for q, c in zip(queries, found)]
 
 
@@ -196,36 +199,35 @@ def _tune(index, meta: dict[str, Any], rows: MappedRows, target: float, rng: np.
     """Set ``meta``'s parameters to the cheapest reaching recall@10 ``target`` on held-out queries; returns it.
 
     The queries are rows of the collection; each query's own row is left out of both result lists, so a
-    row finding itself does not count.
+    row finding itself does not count. ivfpq: ``nprobe`` doubles from 1 until one of the ``CANDIDATES``
+    pool sizes (re-scored exactly) reaches the target; the smaller pools are prefixes of the largest.
     """
     picks = _sample_rows(rows, QUERIES, rng)
     queries = _read(rows, picks)
     k = min(RECALL_K, len(rows) - 1)
     if k < 1:
         return 1.0
-    truth = ground_truth(rows, queries, k + 1)
+    truth = [set(t) - {p} for t, p in zip(ground_truth(rows, queries, k + 1).tolist(), picks.tolist())]
 
-    def recall() -> float:
-        got = _search(index, meta, rows, queries, k + 1)
-        hits = [len((set(t) - {p}) & (set(g) - {p})) / min(k, len(set(t) - {p}))
-                for t, (_, g), p in zip(truth.tolist(), got, picks.tolist())]
-        return float(np.mean(hits))
+    def recall(found: np.ndarray) -> float:
+        got = [set(_rank(rows, q, c, k + 1)[1].tolist()) - {p} for q, c, p in zip(queries, found, picks.tolist())]
+        return float(np.mean([len(t & g) / min(k, len(t)) for t, g in zip(truth, got)]))
 
     if meta["kind"] != "ivfpq":
-        return recall()
-    nlist = meta["params"]["nlist"]
-    meta["params"]["candidates"] = CANDIDATES
-    nprobe, reached = 1, 0.0
+        return recall(index.search(queries, min(k + 1, index.ntotal))[1])
+    nlist, nprobe = meta["params"]["nlist"], 1
     while True:
-        meta["params"]["nprobe"] = nprobe
-        reached = recall()
-        log.info(f"nprobe {nprobe}: recall@{k} {reached:.3f}")
-        if reached >= target or nprobe >= nlist:
-            break
+        found = _candidates(index, queries, nprobe, max(CANDIDATES))
+        for pool in CANDIDATES:
+            reached = recall(found[:, :pool])
+            log.info(f"nprobe {nprobe}, {pool} candidates: recall@{k} {reached:.3f}")
+            meta["params"].update(nprobe=nprobe, candidates=pool)
+            if reached >= target:
+                return reached
+        if nprobe >= nlist:
+            log.warning(f"recall@{k} {reached:.3f} is below the target {target} even with every list probed")
+            return reached
         nprobe = min(nprobe * 2, nlist)
-    if reached < target:
-        log.warning(f"recall@{k} {reached:.3f} is below the target {target} even with every list probed")
-    return reached
 
 
 def read_index_meta(directory: str | os.PathLike) -> dict[str, Any] | None:
