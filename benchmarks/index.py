@@ -97,7 +97,7 @@ def main() -> None:
         "rows": args.rows, "dim": args.dim, "kind": info.kind,
         "params": ", ".join(f"{k} {v}" for k, v in info.params.items()),
         "build_s": round(build_s, 1), "index_mb": round((args.dir / meta["file"]).stat().st_size / 2**20, 1),
-        "peak_rss_mb": round(peak_build), "recall@10": round(recall, 3), "recall@10_held_out_rows": info.recall,
+        "peak_rss_mb": round(peak_build), "recall@10": round(recall, 3), "recall@10_held_out_rows": round(info.recall, 3),
         "index_ms": summary(latency, 3), "index_p99_ms": p99(latency), "exact_ms": summary(exact, 3),
     }
     print(json.dumps(row), flush=True)
