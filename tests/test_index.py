@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 
 import zoo
-from tests.test_collection import embed, photos  # noqa: F401 (fixture)
-from tests.weights_env import hub  # noqa: F401 (fixture)
 from zoo.__main__ import main
 from zoo.collection.index import INDEX_META, build_index, read_index_meta
 from zoo.collection.store import FORMAT, write_manifest, write_shard
@@ -94,7 +92,7 @@ def test_flat_index_exact_then_stale_then_incremental(tmp_path):
 
 def test_ivfpq_reaches_recall_target_and_grows(tmp_path):
     rng = np.random.default_rng(1)
-    shards = [unit_rows(rng, 1000, 32) for _ in range(2)]
+    shards = [unit_rows(rng, 600, 32) for _ in range(2)]
     out = tmp_path / "c"
     write_collection(out, shards)
     info = build_index(out, kind="ivfpq", recall=0.95, progress=False)
@@ -102,12 +100,12 @@ def test_ivfpq_reaches_recall_target_and_grows(tmp_path):
     assert info.kind == meta["kind"] == "ivfpq" and meta["recall"] >= 0.95 and 1 <= meta["params"]["nprobe"] <= meta["params"]["nlist"]
     queries = rng.standard_normal((20, 32))  # held out: not rows of the collection
     assert recall_at_10(out, np.concatenate(shards), queries) >= 0.9
-    new = unit_rows(rng, 400, 32)
+    new = unit_rows(rng, 300, 32)
     write_collection(out, [*shards, new])
     assert zoo.search(out, queries[0]).method == "exact"
-    assert build_index(out, kind="ivfpq", progress=False).added == 400
+    assert build_index(out, kind="ivfpq", progress=False).added == 300
     assert recall_at_10(out, np.concatenate([*shards, new]), queries[:10]) >= 0.9
-    assert zoo.search(out, new[5], k=1)[0].row == 2005
+    assert zoo.search(out, new[5], k=1)[0].row == 1205
 
 
 def test_errors(tmp_path, capsys):
@@ -122,19 +120,3 @@ def test_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--rebuild" in err
     assert main(["index", str(out), "-q", "--rebuild"]) == 0 and read_index_meta(out)["kind"] == "flat"
-
-
-def test_real_embed_index_search_json(photos, tmp_path, capsys):  # noqa: F811
-    out = tmp_path / "out"
-    assert embed(str(photos), "--out", str(out), "--shard-size", "4", "--workers", "0", "-q") == 0
-    assert main(["index", str(out)]) == 0
-    assert "flat index over 9 rows (9 added), recall@10 1.000" in capsys.readouterr().out
-    paths, rows = zoo.read_embeddings(out)
-    assert main(["search", str(out), "--image", paths[4], "-k", "3", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["method"] == "index" and result["reason"] is None and result["hits"][0]["path"] == paths[4]
-    ref_scores, ref_rows = brute_force(np.asarray(rows), np.asarray(rows[4]), 3)
-    assert [h["row"] for h in result["hits"]] == ref_rows.tolist()
-    assert np.abs(np.array([h["score"] for h in result["hits"]]) - ref_scores).max() < 2e-3  # the image is embedded again
-    exact = zoo.search(out, rows[4], k=3, exact=True)
-    assert exact.method == "exact" and [h.row for h in exact] == ref_rows.tolist()

@@ -3,6 +3,7 @@
 import asyncio
 import dataclasses
 import io
+import json
 import logging
 import re
 import socket
@@ -100,6 +101,18 @@ def test_search_endpoints(collection, client, caplog):
         assert r.status_code == 400 and message in r.json()["error"], (params, r.text)
     r = client.post("/search", files={"image": ("q.jpg", b"no image at all", "image/jpeg")})
     assert r.status_code == 400 and "cannot read the uploaded image" in r.json()["error"]
+
+
+def test_cli_search_json_uses_the_index(collection, capsys):
+    """The end-to-end path: `zoo embed` and `zoo index` (the fixture), then `zoo search --json`."""
+    paths, rows = zoo.read_embeddings(collection)
+    assert json.loads((collection / "index.json").read_text())["kind"] == "flat"
+    assert main(["search", str(collection), "--image", paths[4], "-k", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["method"] == "index" and result["reason"] is None and result["hits"][0]["path"] == paths[4]
+    assert [h["row"] for h in result["hits"]] == brute_force_rows(collection, np.asarray(rows[4], np.float64), 3)
+    exact = zoo.search(collection, rows[4], k=3, exact=True)
+    assert exact.method == "exact" and exact.reason == "--exact asked" and [h.row for h in exact] == [h["row"] for h in result["hits"]]
 
 
 def test_images_and_nothing_else(collection, client):
