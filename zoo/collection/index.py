@@ -147,7 +147,7 @@ def _read(rows: MappedRows, picks: np.ndarray) -> np.ndarray:
     return _unit(np.concatenate(parts)) if parts else np.zeros((0, rows.shape[1]), np.float32)
 
 
-def _new_index(kind: str, rows: MappedRows, rng: np.random.Generator, progress: bool):
+def _new_index(kind: str, rows: MappedRows, rng: np.random.Generator):
     faiss = _faiss()
     n, dim = rows.shape
     if kind == "flat":
@@ -298,7 +298,7 @@ def build_index(
         index, meta = _load(directory, old), {**old, "params": dict(old["params"])}
         log.info(f"adding the rows of {len(state['shards']) - covered} new shards to {directory / old['file']}")
     else:
-        index, params = _new_index(kind, rows, rng, progress)
+        index, params = _new_index(kind, rows, rng)
         meta, covered = {"format": INDEX_FORMAT, "kind": kind, "params": params}, 0
     added = _add_shards(index, rows, covered, progress)
     reached = _tune(index, meta, rows, recall, rng)
