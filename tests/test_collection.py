@@ -247,7 +247,7 @@ def test_search_by_image_and_vector(photos, tmp_path, capsys):
         assert hits[0].path == paths[i] and hits[0].row == i and hits[0].score > 0.999 and [h.rank for h in hits] == [1, 2, 3]
         assert zoo.search(out, rows[i], k=1)[0].path == paths[i]
     assert main(["search", str(out), "--image", paths[2], "-k", "4", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    result = json.loads(capsys.readouterr().out)["hits"]
     assert len(result) == 4 and result[0]["path"] == paths[2] and set(result[0]) == {"rank", "score", "path", "row"}
     assert main(["search", str(out), "--image", paths[2], "-k", "2"]) == 0
     assert capsys.readouterr().out.splitlines()[0].split() == ["1", f"{result[0]['score']:.4f}", paths[2]]

@@ -19,8 +19,8 @@ from zoo.weights import ConversionError, WeightsIntegrityError, WeightsNotFoundE
 from zoo.weights.writer import exit_on_sigterm
 
 COMMANDS = (
-    "zoo.cli.basic", "zoo.cli.collection", "zoo.cli.finetune", "zoo.cli.export", "zoo.cli.eval", "zoo.cli.show",
-    "zoo.cli.birder",
+    "zoo.cli.basic", "zoo.cli.collection", "zoo.cli.index", "zoo.cli.finetune", "zoo.cli.export", "zoo.cli.eval",
+    "zoo.cli.show", "zoo.cli.birder",
 )
 USER_ERRORS = (
     UnknownModelError, RegistryError, WeightsNotFoundError, WeightsIntegrityError, ConversionError, ExportError, ValueError, OSError,

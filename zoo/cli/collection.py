@@ -45,9 +45,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     from zoo.collection.store import escape_line
 
     hits = search(args.directory, k=args.k, text=args.text, image=args.image, device=args.device,
-                  weights_dir=args.weights_dir)
+                  weights_dir=args.weights_dir, exact=args.exact)
     if args.json:
-        print(json.dumps([h.to_dict() for h in hits], indent=1))
+        print(json.dumps({"method": hits.method, "reason": hits.reason, "hits": [h.to_dict() for h in hits]}, indent=1))
     else:
         for h in hits:
             print(f"{h.rank:>4}  {h.score:.4f}  {escape_line(h.path)}" + (f"  {h.start:.2f}-{h.end:.2f} s" if h.start is not None else ""))
@@ -90,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device(p)
     p.set_defaults(func=cmd_embed)
 
-    helptext = "search an embedded collection by text or by image (exact cosine top-k)"
+    helptext = "search an embedded collection by text or by image (cosine top-k; through its index when current)"
     p = sub.add_parser("search", help=helptext, description=helptext + ".",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SEARCH_EXAMPLES)
     p.add_argument("directory", type=Path, metavar="DIR", help="a folder written by `embed`")
@@ -98,9 +98,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     query.add_argument("--text", help='a text query, e.g. "a red bicycle" (needs a collection embedded with --what clip)')
     query.add_argument("--image", metavar="IMAGE", help="an image file: its nearest images")
     p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
+    p.add_argument("--exact", action="store_true", help="scan every row even when the collection has a current index")
     p.add_argument("--json", action="store_true",
-                   help="print the results as JSON (rank, score, path, row); plain lines escape tabs, newlines and "
-                        "backslashes in paths as \\t \\n \\\\")
+                   help='print JSON: {"method": "index" or "exact", "reason": why the scan, "hits": [rank, score, path, row]}; '
+                        "plain lines escape tabs, newlines and backslashes in paths as \\t \\n \\\\")
     add_weights_dir(p)
     add_device(p)
     p.set_defaults(func=cmd_search)

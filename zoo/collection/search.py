@@ -38,6 +38,14 @@ class Hit:
         return d if self.start is not None else {k: v for k, v in d.items() if k not in ("start", "end")}
 
 
+class Hits(list):
+    """The hits of ``search``, best first, with ``method`` (``"index"`` or ``"exact"``) and ``reason`` (why the exact scan)."""
+
+    def __init__(self, hits: list[Hit], method: str, reason: str | None) -> None:
+        super().__init__(hits)
+        self.method, self.reason = method, reason
+
+
 def top_k(rows, query: np.ndarray | torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``(scores, row indices)`` of the ``k`` rows most cosine-similar to ``query``, best first (ties: lower row first).
 
@@ -155,13 +163,16 @@ def search(
     image: str | os.PathLike | Any | None = None,
     device: str | None = None,
     weights_dir: str | os.PathLike | None = None,
-) -> list[Hit]:
-    """The ``k`` images of the collection in ``directory`` closest (exact cosine) to one query.
+    exact: bool = False,
+) -> Hits:
+    """The ``k`` images of the collection in ``directory`` closest (cosine) to one query.
 
     Give exactly one of ``query`` (a vector of the collection's width), ``text`` (through the PE-Core text
     tower of the collection's model; the collection must hold ``clip`` rows) or ``image`` (a path or PIL
     image, embedded exactly like the collection). A text or image query is refused (``CollectionError``)
-    when the model's weights are not those the collection records (sha256).
+    when the model's weights are not those the collection records (sha256). A current index
+    (``python -m zoo index``) answers unless ``exact=True``; otherwise the exact scan does. ``hits.method``
+    says which, ``hits.reason`` why the scan.
     """
     if sum(q is not None for q in (query, text, image)) != 1:
         raise ValueError("give exactly one query: a vector, text=... or image=...")
@@ -178,7 +189,9 @@ def search(
         check_weights(manifest, weights_dir)
         query = _image_query(manifest, image, device, weights_dir)
     rows = open_rows(directory, manifest)
-    scores, index = top_k(rows, query, k)
+    from zoo.collection.index import search_rows
+
+    scores, index, method, reason = search_rows(directory, manifest, rows, query, k, exact=exact)
     shard_of = np.searchsorted(rows.offsets, index, side="right") - 1
     paths = {s: shard_paths(directory, manifest, s) for s in set(shard_of.tolist())}  # only the shards hit
     hits = [Hit(r, float(score), paths[s][int(i - rows.offsets[s])], int(i))
@@ -187,7 +200,7 @@ def search(
         from zoo.collection.media import with_times
 
         hits = with_times(directory, manifest, hits, rows.offsets, shard_of)
-    return hits
+    return Hits(hits, method, reason)
 
 
-__all__ = ["Hit", "check_weights", "search", "top_k"]
+__all__ = ["Hit", "Hits", "check_weights", "search", "top_k"]
