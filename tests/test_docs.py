@@ -77,6 +77,24 @@ def test_blocks_are_found():
     assert python_blocks(text) == [(3, "x = 1\n"), (14, "y = x\n")]
 
 
+def test_only_the_pending_api_is_skipped():
+    class ModelInfo:
+        pass
+
+    def error(fn):
+        try:
+            fn()
+        except (ImportError, AttributeError) as e:
+            return e
+
+    assert pending(error(lambda: ModelInfo().transform))
+    assert not pending(error(lambda: ModelInfo().transfrom))
+    assert not pending(error(lambda: types.SimpleNamespace().transform))
+    assert pending(error(lambda: exec("from zoo.testing import install_random_weights")))
+    assert not pending(error(lambda: exec("from zoo.testing import no_such_helper")))
+    assert not pending(error(lambda: exec("from zoo import install_random_weights")))
+
+
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
 def test_page_runs(page: Path, hub_cache: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blocks = python_blocks(page.read_text())
