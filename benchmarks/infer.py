@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                     "zoo share of floor": summary([f / z for z, f in zip(t_zoo, t_floor)]),
                     "floor img/s": summary([batch / t for t in t_floor]),
                 })
+                notes = f"{args.model} at {cfg.image_size} px on {device}. {args.notes}".strip()
+                write_result("infer", data, notes=notes)  # after every case: a run stopped early keeps what it measured
                 print(f"  done {pairing} batch {batch} {dtype_name} in {total:.0f} s", flush=True)
         del net, ref
     print()
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(str(v) for v in row) + " |")
-    print(f"wrote {write_result('infer', data, notes=f'{args.model} at {cfg.image_size} px on {device}. {args.notes}'.strip())}")
+    print(f"wrote {write_result('infer', data, notes=notes)}")
     return 0
 
 
