@@ -21,8 +21,11 @@ from pathlib import Path
 
 import torch
 
-from zoo.registry import find_entry
-from zoo.testing.synthetic import text_shapes, vision_shapes
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.results import write_result  # noqa: E402
+from zoo.registry import find_entry  # noqa: E402
+from zoo.testing.synthetic import text_shapes, vision_shapes  # noqa: E402
 
 BOUND = 1 << 30  # 1 GiB
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +93,9 @@ def convert(variant: str, source: Path, out: Path, dtype: str | None) -> tuple[i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="G14", help="PE-Core variant to build and convert (default G14)")
+    parser.add_argument("--notes", default="", help="a note stored with the result (e.g. the machine's load)")
     args = parser.parse_args()
+    rows = []
     folder = Path(tempfile.mkdtemp(prefix="pe-zoo-convert-memory-", dir="/tmp"))
     try:
         start = time.perf_counter()
@@ -101,8 +106,12 @@ def main() -> None:
             peak, seconds, size = convert(args.variant, source, folder / "out", dtype)
             print(f"--dtype {dtype or '(source: float32)':18s} peak RssAnon {peak / 2**20:7.0f} MiB "
                   f"({peak / BOUND:.2f} of the 1 GiB bound)  time {seconds:6.1f} s  output {size / 2**30:.2f} GiB")
+            rows.append({"variant": args.variant, "source GiB": round(source.stat().st_size / 2**30, 3),
+                         "dtype": dtype or "source (float32)", "peak RssAnon MiB": round(peak / 2**20),
+                         "bound MiB": BOUND // 2**20, "seconds": round(seconds, 1), "output GiB": round(size / 2**30, 3)})
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    print(f"wrote {write_result('convert_memory', rows, notes=args.notes)}")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.results import summary, write_result  # noqa: E402
 from zoo.loader import load_pretrained_model  # noqa: E402
 from zoo.optimize import optimize  # noqa: E402
 from zoo.registry import find_entry  # noqa: E402
@@ -116,7 +117,9 @@ def main() -> None:
     p.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=False,
                    help="zoo.optimize on both sides (on CUDA: torch.compile; default off: the eager net on both)")
     p.add_argument("--dir", type=Path, default=Path("/tmp/pe-zoo-embed-bench"))
+    p.add_argument("--notes", default="", help="a note stored with the result (e.g. the machine's load)")
     args = p.parse_args()
+    rows = []
     home = args.dir / "zoo-home"
     os.environ["ZOO_HOME"] = str(home)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -137,6 +140,10 @@ def main() -> None:
         a, e = statistics.median(alone), statistics.median(e2e)
         print(f"{variant}: {n} images: model alone {a:.2f} img/s {sorted(round(x, 2) for x in alone)}, "
               f"end to end {e:.2f} img/s {sorted(round(x, 2) for x in e2e)}, ratio {e / a:.2f}", flush=True)
+        rows.append({"model": f"PE-Core-{variant}", "images": n, "batch": args.batch, "dtype": args.dtype, "device": args.device,
+                     "model alone img/s": summary(alone), "python -m zoo embed img/s": summary(e2e),
+                     "end to end / model alone": summary([x / y for x, y in zip(e2e, alone)])})
+    print(f"wrote {write_result('embed', rows, notes=args.notes)}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import zoo  # noqa: E402
+from benchmarks.results import summary, write_result  # noqa: E402
 from zoo.export import require_onnx, to_onnx  # noqa: E402
 from zoo.registry import get_entry  # noqa: E402
 from zoo.testing.synthetic import meta_vision_state_dict  # noqa: E402
@@ -93,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--depth", type=int, help="cut the tower to this many blocks (a quick trial run)")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--notes", default="", help="a note stored with the result (e.g. the machine's load)")
     args = parser.parse_args(argv)
+    rows = []
     torch.set_num_threads(args.threads)
     entry = get_entry(args.model)
     cfg = entry.config if args.depth is None else type(entry.config)(**{**entry.config.to_dict(), "depth": args.depth})
@@ -122,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {batch} | {rate(batch, t['eager'])} | {rate(batch, t['optimize'])} | {rate(batch, t['ort'])} | "
                   f"{statistics.median(t['eager']) / statistics.median(t['ort']):.2f} | {min(ratios):.2f}-{max(ratios):.2f} |"
                   f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+            rows.append({"model": f"{entry.name} depth {cfg.depth}", "batch": batch,
+                         "zoo eager img/s": summary([batch / v for v in t["eager"]]),
+                         "zoo.optimize img/s": summary([batch / v for v in t["optimize"]]),
+                         "ONNX Runtime img/s": summary([batch / v for v in t["ort"]]),
+                         "ORT / eager (per round)": summary(ratios)})
+        print(f"wrote {write_result('export', rows, notes=args.notes)}")
         if args.profile:
             for batch in args.batch:
                 profile(net, path, torch.randn(batch, 3, cfg.image_size, cfg.image_size), args.threads)

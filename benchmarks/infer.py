@@ -40,6 +40,7 @@ from tests.oracle import timm_model  # noqa: E402
 from zoo.weights import meta_to_zoo  # noqa: E402
 from zoo.registry import get_entry  # noqa: E402
 from zoo.testing.synthetic import meta_vision_state_dict  # noqa: E402
+from benchmarks.results import summary, write_result  # noqa: E402
 from benchmarks.timing import timer  # noqa: E402
 
 
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--notes", default="", help="a note stored with the result (e.g. the machine's load)")
     args = parser.parse_args(argv)
     if args.reps < 5:
         parser.error("--reps must be at least 5 (medians of fewer calls are noise)")
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     n = cfg.num_prefix_tokens + cfg.grid**2
     print(f"# {args.model} at {cfg.image_size} px on {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
           f"load average {os.getloadavg()[0]:.1f}")
-    rows = []
+    rows, data = [], []
     for dtype_name in dtypes:
         dtype = getattr(torch, dtype_name)
         net, ref = nets(args.model, dtype, device)
@@ -163,6 +165,15 @@ def main(argv: list[str] | None = None) -> int:
                     spread(ratios, "{:.2f}"), verdict(ratios),
                     spread([f / z for z, f in zip(t_zoo, t_floor)], "{:.0%}"), spread([batch / t for t in t_floor]),
                 ))
+                data.append({
+                    "pairing": pairing, "batch": batch, "dtype": dtype_name,
+                    "zoo img/s": summary([batch / t for t in t_zoo]), "timm img/s": summary([batch / t for t in t_timm]),
+                    "zoo / timm": summary(ratios), "verdict": verdict(ratios),
+                    "zoo share of floor": summary([f / z for z, f in zip(t_zoo, t_floor)]),
+                    "floor img/s": summary([batch / t for t in t_floor]),
+                })
+                notes = f"{args.model} at {cfg.image_size} px on {device}. {args.notes}".strip()
+                write_result("infer", data, notes=notes)  # after every case: a run stopped early keeps what it measured
                 print(f"  done {pairing} batch {batch} {dtype_name} in {total:.0f} s", flush=True)
         del net, ref
     print()
@@ -171,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(str(v) for v in row) + " |")
+    print(f"wrote {write_result('infer', data, notes=notes)}")
     return 0
 
 

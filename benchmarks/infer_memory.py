@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.results import write_result  # noqa: E402
 from zoo.nets.pe_vit import PEViT  # noqa: E402
 from zoo.registry import get_entry  # noqa: E402
 from zoo.weights import read_tensors  # noqa: E402
@@ -71,10 +72,12 @@ def main() -> None:
     parser.add_argument("--model", default="rope_i_vit_g14_pn_ap_c1_pe-core")
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--notes", default="", help="a note stored with the result (e.g. the machine's load)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args.model, args.child)
+    rows = []
     print(f"# {args.model}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("| dtype | weights GiB | baseline RSS | RSS after load | RSS after 1st inference | RssAnon | RssFile | "
           "(RSS - baseline) / weights | goal <= 1.15 | 1st inference s |")
@@ -93,6 +96,11 @@ def main() -> None:
         print(f"| {dtype_name} | {w / GiB:.2f} | {b / GiB:.2f} | {r['loaded']['VmRSS'] / GiB:.2f} | {i['VmRSS'] / GiB:.2f} | "
               f"{i['RssAnon'] / GiB:.2f} | {i['RssFile'] / GiB:.2f} | {ratio:.3f} | {'met' if ratio <= 1.15 else 'NOT met'} | "
               f"{r['infer_s']:.1f} |", flush=True)
+        rows.append({"model": args.model, "dtype": dtype_name, "weights GiB": round(w / GiB, 3),
+                     "RSS after 1st inference - baseline, x weights": round(ratio, 3),
+                     "RssAnon GiB": round(i["RssAnon"] / GiB, 3), "RssFile GiB": round(i["RssFile"] / GiB, 3),
+                     "goal <= 1.15": "met" if ratio <= 1.15 else "NOT met", "1st inference s": round(r["infer_s"], 2)})
+    print(f"wrote {write_result('infer_memory', rows, notes=args.notes)}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.results import summary, write_result  # noqa: E402
 from zoo import weights  # noqa: E402
 from zoo.registry import find_entry  # noqa: E402
 from zoo.testing.hub_cache import add_file, use_cache  # noqa: E402
@@ -138,6 +139,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-timm", action="store_true", help="the zoo alone (e.g. G14 on a small machine)")
     parser.add_argument("--workdir", type=Path, help="folder for the files (default: a temporary folder)")
+    parser.add_argument("--notes", default="", help="a note stored with the result (e.g. the machine's load)")
     parser.add_argument("--child", choices=["zoo", "timm"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -169,6 +171,15 @@ def main() -> None:
               f"{rng(rs, 'peak_load'):>10s} {rng(rs, 'peak_read_all'):>13s} {rng(rs, 'rss_inferred'):>11s} "
               f"{rng(rs, 'anon_inferred'):>12s} {rs[0]['weight_bytes'] / GiB:8.2f}")
     print()
+    table = [{"load": label, "load s": summary([r["load_s"] for r in rs]),
+              "peak RSS of the load - imports, x weights": summary([(r["peak_load"] - r["rss_imports"]) / r["weight_bytes"] for r in rs]),
+              "RSS after 1st inference - imports, x weights": summary([(r["rss_inferred"] - r["rss_imports"]) / r["weight_bytes"] for r in rs]),
+              "weights GiB": round(rs[0]["weight_bytes"] / GiB, 3)} for label, rs in rows.items()]
+    for dtype in args.dtype:
+        if not args.no_timm:
+            table.append({"load": f"zoo / timm load time, {dtype}", "load s": summary(
+                [z["load_s"] / t["load_s"] for z, t in zip(runs[("zoo", dtype)], runs[("timm", dtype)])])})
+    print(f"wrote {write_result('load', table, notes=f'PE-Core-{args.variant}, random weights. {args.notes}'.strip())}")
     for dtype in args.dtype:
         zoo = runs[("zoo", dtype)]
         budget = [1.15 * r["weight_bytes"] + r["rss_imports"] for r in zoo]

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.results import summary, write_result  # noqa: E402
 from benchmarks.timing import timer  # noqa: E402
 from zoo.nets.pe_vit import Linear  # noqa: E402
 from zoo.registry import get_entry  # noqa: E402
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--notes", default="", help="a note stored with the result (e.g. the machine's load)")
     args = parser.parse_args(argv)
     if args.reps < 5:
         parser.error("--reps must be at least 5")
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| kernel | dtype | GFLOP/s | zoo |")
     print("|---|---|---|---|")
     best = 0.0
+    data = []
     packed_timed = any(name == "packed" for name, _ in fns)
     for (name, d), t in times.items():
         rates = [flop / s / 1e9 for s in t]
@@ -111,9 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         packs = packed_timed and (d != "float32" or Linear.pack_float32)  # what the zoo's eager net runs
         used = "yes" if (name == "packed") == packs else ""
         print(f"| {name} | {d} | {min(rates):.0f}/{statistics.median(rates):.0f}/{max(rates):.0f} | {used} |")
+        data.append({"kernel": name, "dtype": d, "GFLOP/s": summary(rates, digits=3), "the zoo's eager net uses it": used})
     gflop = image_gflop(args.model, args.batch)
     print(f"one forward of batch {args.batch}: {gflop:.0f} GFLOP of matmuls and attention; "
           f"at the best median rate ({best:.0f} GFLOP/s) at least {gflop / best:.2f} s")
+    notes = (f"One block's four linears of {args.model}, {rows} rows (batch {args.batch}), on {device}. "
+             f"One forward: {gflop:.0f} GFLOP of matmuls and attention, at least {gflop / best:.2f} s at the best median rate. {args.notes}")
+    print(f"wrote {write_result('matmul', data, notes=notes.strip())}")
     return 0
 
 

@@ -64,6 +64,19 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def _without_notes(args: list[str]) -> list[str]:
+    """The command-line arguments less ``--notes TEXT`` (the notes are stored on their own)."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--notes":
+            skip = True
+        elif not a.startswith("--notes="):
+            out.append(a)
+    return out
+
+
 def write_result(name: str, rows: list[dict[str, Any]], *, notes: str = "", out_dir: Path | None = None) -> Path:
     """Write ``rows`` as ``benchmarks/results/NAME.json`` (atomically) with the machine and date; returns the path."""
     folder = Path(out_dir) if out_dir is not None else RESULTS
@@ -71,7 +84,7 @@ def write_result(name: str, rows: list[dict[str, Any]], *, notes: str = "", out_
     doc = {
         "benchmark": name,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
+        "command": " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *_without_notes(sys.argv[1:])]),
         "machine": machine(),
         "notes": notes,
         "rows": rows,

@@ -15,14 +15,18 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import zoo
-from zoo.collection.store import FORMAT, MANIFEST, write_manifest, write_shard
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import zoo  # noqa: E402
+from benchmarks.results import summary, write_result  # noqa: E402
+from zoo.collection.store import FORMAT, MANIFEST, write_manifest, write_shard  # noqa: E402
 
 
 def build(out: Path, rows: int, dim: int, shard_size: int) -> None:
@@ -47,6 +51,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=1024)
     p.add_argument("--dir", type=Path, default=Path("/tmp/pe-zoo-search-bench"))
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--notes", default="", help="a note stored with the result (e.g. the machine's load)")
     args = p.parse_args()
     t = time.perf_counter()
     build(args.dir, args.rows, args.dim, 10_000)
@@ -66,6 +71,9 @@ def main() -> None:
     print(f"query over {args.rows:,} rows, k=10: min {min(rest):.3f} s, median {statistics.median(rest):.3f} s, "
           f"max {max(rest):.3f} s ({len(rest)} queries); CPU time per query (all threads) median "
           f"{statistics.median(cpu[1:]):.3f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    rows = [{"rows": args.rows, "dim": args.dim, "k": 10, "first query s": round(times[0], 3),
+             "query s": summary(rest), "CPU s per query": summary(cpu[1:])}]
+    print(f"wrote {write_result('search', rows, notes=args.notes)}")
 
 
 if __name__ == "__main__":

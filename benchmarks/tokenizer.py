@@ -23,6 +23,7 @@ import open_clip
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.results import summary, write_result  # noqa: E402
 from tests.test_tokenizer import fuzz_corpus  # noqa: E402
 from zoo.clip.tokenizer import Tokenizer  # noqa: E402
 
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--per-kind", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--notes", default="", help="a note stored with the result (e.g. the machine's load)")
     args = parser.parse_args()
     texts = fuzz_corpus(args.per_kind, args.seed)
     times: dict[str, list[float]] = {"zoo": [], "open_clip": []}
@@ -49,6 +51,11 @@ def main() -> None:
     print(f"{len(texts)} strings (seed {args.seed}): {diff} differ from open_clip")
     for lib, ts in times.items():
         print(f"{lib:10s} s/corpus min {min(ts):.3f}  median {statistics.median(ts):.3f}  max {max(ts):.3f}")
+    ratios = summary([z / o for z, o in zip(times["zoo"], times["open_clip"])])
+    rows = [{"library": "zoo", "strings": len(texts), "ids differing from open_clip": diff,
+             "s per corpus": summary(times["zoo"]), "zoo / open_clip (per repeat)": ratios},
+            {"library": "open_clip", "strings": len(texts), "s per corpus": summary(times["open_clip"])}]
+    print(f"wrote {write_result('tokenizer', rows, notes=args.notes)}")
 
 
 if __name__ == "__main__":

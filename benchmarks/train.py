@@ -27,6 +27,10 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.results import summary, write_result  # noqa: E402
+
 B16 = "rope_i_vit_b16_pn_aps_c1_pe-core"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,7 +133,7 @@ def main() -> None:
     p.add_argument("--dtype", nargs="+", choices=["float32", "bfloat16"], default=["float32", "bfloat16"])
     p.add_argument("--steps", type=int, default=3, help="steps per process, the first not timed (default 3)")
     p.add_argument("--batch", type=int, default=32, help="classification batch size (default 32)")
-    p.add_argument("--json", type=Path, help="also write every result to this file")
+    p.add_argument("--notes", default="", help="a note stored with the result (e.g. the machine's load)")
     p.add_argument("--interleave", type=int, metavar="ROUNDS",
                    help="instead: time checkpointing off/on alternately in one process (memory not measured)")
     p.add_argument("--child", nargs=3, metavar=("CASE", "DTYPE", "CKPT"), help=argparse.SUPPRESS)
@@ -147,23 +151,23 @@ def main() -> None:
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     header = "| case | dtype | checkpointing | s/step min / median / max | peak RSS MiB | step memory MiB |"
     print(header + "\n|" + "---|" * 6)
-    results = []
+    rows = []
     for case in args.cases:
         for dtype in args.dtype:
             pair = {}
             for ckpt in (False, True):
                 r = run_case(case, dtype, ckpt, args.steps, args.batch)
-                results.append(r)
                 pair[ckpt] = r
                 s = r["step_s"]
                 label = f"B16 224px batch {args.batch}" if case == "classify" else "Faster R-CNN B16 640x640"
                 print(f"| {label} | {dtype} | {'on' if ckpt else 'off'} | {min(s):.2f} / {statistics.median(s):.2f} / {max(s):.2f} "
                       f"| {r['peak_rss_mib']:.0f} | {r['step_mib']:.0f} |", flush=True)
+                rows.append({"case": label, "dtype": dtype, "checkpointing": "on" if ckpt else "off", "s/step": summary(s),
+                             "peak RSS MiB": round(r["peak_rss_mib"]), "step memory MiB": round(r["step_mib"])})
             off, on = pair[False], pair[True]
             print(f"|  | {dtype} | on / off | time x{statistics.median(on['step_s']) / statistics.median(off['step_s']):.2f} "
                   f"| peak x{on['peak_rss_mib'] / off['peak_rss_mib']:.2f} | step x{on['step_mib'] / off['step_mib']:.2f} |", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {write_result('train', rows, notes=args.notes)}")
 
 
 if __name__ == "__main__":

@@ -120,3 +120,34 @@ def test_demo(capsys, monkeypatch):
 def test_module_entry_point():
     run = subprocess.run([sys.executable, "-m", "zoo", "info", "nope"], capture_output=True, text=True)
     assert run.returncode == 1 and run.stderr.startswith("error: unknown model 'nope'") and run.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("where", ["before", "after", "absent"])
+def test_quiet_before_or_after_the_command(where, hub, capsys):
+    import logging
+
+    argv = {"before": ["--quiet", "info", CORE.name], "after": ["info", CORE.name, "--quiet"], "absent": ["info", CORE.name]}[where]
+    assert main(argv) == 0
+    assert CORE.name in capsys.readouterr().out
+    assert logging.getLogger("zoo").level == (logging.INFO if where == "absent" else logging.WARNING)
+
+
+@pytest.mark.parametrize("cmd", ["list", "info", "features", "classify", "demo"])
+def test_help_has_a_description_and_examples(cmd, capsys):
+    with pytest.raises(SystemExit):
+        main([cmd, "--help"])
+    out = capsys.readouterr().out
+    usage, description = out.split("\n\n")[:2]
+    assert not description.lstrip().startswith(("positional arguments", "options")), f"`{cmd}` has no description"
+    examples = out.split("\nexamples:\n")[1].splitlines()
+    assert 2 <= len(examples) <= 3 and all(line.startswith(f"  python -m zoo {cmd}") for line in examples)
+
+
+def test_workers_default_is_the_core_count_at_most_8():
+    import argparse
+
+    from zoo.cli.common import add_workers
+
+    p = argparse.ArgumentParser()
+    add_workers(p)
+    assert p.parse_args([]).workers == min(8, os.cpu_count() or 1) and p.parse_args(["--workers", "0"]).workers == 0

@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS:
         importlib.import_module(module).register(sub)
+    for command in sub.choices.values():  # --quiet also after the command: python -m zoo info NAME --quiet
+        if "--quiet" not in command._option_string_actions:
+            command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                                 help="show only warnings and errors")
     return parser
 
 

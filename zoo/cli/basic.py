@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from zoo import weights
-from zoo.cli.common import DTYPES, add_device, add_weights_dir, load_net
+from zoo.cli.common import DTYPES, add_device, add_weights_dir, examples, load_net
 from zoo.registry import get_entry, list_pretrained_models
 
 
@@ -110,15 +110,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's commands to the ``python -m zoo`` parser."""
-    p = sub.add_parser("list", help="list the checkpoints the zoo serves")
+    p = sub.add_parser(
+        "list", help="list the checkpoints the zoo serves",
+        description="List the registry's checkpoints: name, Meta's Hub repo, native input size and width.",
+        **examples("python -m zoo list", "python -m zoo list '*pe-core'", "python -m zoo list '*_l14_*'"),
+    )
     p.add_argument("pattern", nargs="?", help="fnmatch filter, e.g. '*pe-core'")
     p.set_defaults(func=cmd_list)
-    p = sub.add_parser("info", help="config, parameters, input size and where the weights are")
+    p = sub.add_parser(
+        "info", help="config, parameters, input size and where the weights are",
+        description="Show one checkpoint's config, parameter count, input size and preprocessing, "
+                    "and every place its weights are looked for (present or absent).",
+        **examples("python -m zoo info rope_i_vit_t16_pn_aps_c1_pe-core",
+                   "python -m zoo info rope_i_vit_l14_pn_aps_c1_pe-core --weights-dir ./weights"),
+    )
     p.add_argument("name", help="a registry name (see `list`)")
     add_weights_dir(p)
     p.set_defaults(func=cmd_info)
     helptext = "dense detection feature maps of one image"
-    p = sub.add_parser("features", help=helptext, description=helptext)
+    p = sub.add_parser(
+        "features", help=helptext, description=helptext,
+        **examples("python -m zoo features rope_i_vit_reg1_t16_pn_npn_avg_c1_pe-spatial photo.jpg",
+                   "python -m zoo features rope_i_vit_l14_pn_aps_c1_pe-core photo.jpg --layers 11 17 -1 --out feats.npz",
+                   "python -m zoo features rope_i_vit_b16_pn_aps_c1_pe-core photo.jpg --size 448 --dtype bfloat16"),
+    )
     p.add_argument("name", help="a registry name (see `list`)")
     p.add_argument("image", metavar="IMAGE", help="an image file")
     p.add_argument("--layers", type=int, nargs="+", metavar="I",
@@ -130,7 +145,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device(p)
     p.set_defaults(func=cmd_features)
     p = sub.add_parser("classify", help="zero-shot classification of images or videos over your labels (PE-Core CLIP models)",
-                       description="Rank the labels for each image or video by CLIP probability (PE-Core models only).")
+                       description="Rank the labels for each image or video by CLIP probability (PE-Core models only).",
+                       **examples('python -m zoo classify rope_i_vit_b16_pn_aps_c1_pe-core cat.png dog.jpg --labels "a cat,a dog"',
+                                  'python -m zoo classify rope_i_vit_l14_pn_aps_c1_pe-core photos/*.jpg --labels "cat,dog,bird" '
+                                  '--template "a photo of a {}." --template "a drawing of a {}."',
+                                  'python -m zoo classify rope_i_vit_t16_pn_aps_c1_pe-core clip.mp4 --labels "cooking,dancing,surfing"'))
     p.add_argument("name", help="a PE-Core registry name (see `list '*pe-core'`)")
     p.add_argument("images", nargs="+", metavar="FILE", help="image or video files")
     p.add_argument("--frames", type=int, default=8, metavar="N",
@@ -142,7 +161,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_weights_dir(p)
     add_device(p)
     p.set_defaults(func=cmd_classify)
-    p = sub.add_parser("demo", help="the whole pipeline offline, with RANDOM weights (no Hub access needed)")
+    p = sub.add_parser(
+        "demo", help="the whole pipeline offline, with RANDOM weights (no Hub access needed)",
+        description="Run the real pipeline offline on PE-Core-T16 with RANDOM weights: write a Meta-layout "
+                    "checkpoint into a temporary Hub cache, then resolve, convert, verify, load, embed an image "
+                    "and compute detection features, printing each step.",
+        **examples("python -m zoo demo", "python -m zoo demo --quiet"),
+    )
     p.set_defaults(func=cmd_demo)
 
 

@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WEIGHTS_DIR_HELP = "weights folder (default: $ZOO_HOME/weights or ~/.cache/pe-zoo/weights)"
+
+
+def examples(*lines: str) -> dict[str, object]:
+    """``add_parser`` keywords that end a command's ``--help`` with these example command lines."""
+    return {"epilog": "examples:\n" + "\n".join(f"  {line}" for line in lines),
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
+def default_workers() -> int:
+    """The commands' default number of image-decoding processes: the CPU count, at most 8."""
+    return min(8, os.cpu_count() or 1)
+
+
+def add_workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=default_workers(), metavar="N",
+                   help=f"image decoding processes (default: the CPU count, at most 8: {default_workers()} here; 0: in process)")
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
@@ -30,4 +47,4 @@ def load_net(args: argparse.Namespace):
     )
 
 
-__all__ = ["DTYPES", "WEIGHTS_DIR_HELP", "add_device", "add_weights_dir", "load_net"]
+__all__ = ["DTYPES", "WEIGHTS_DIR_HELP", "add_device", "add_weights_dir", "add_workers", "default_workers", "examples", "load_net"]
