@@ -14,21 +14,19 @@ any point leaves whole shards or none.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
+from zoo.fileio import atomic_write
+
 FORMAT = "pe-zoo-collection/1"
 SETTINGS = "settings.json"
 MANIFEST = "manifest.json"
 ERRORS = "errors.txt"
 TMP_SUFFIX = ".tmp"
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 class CollectionError(ValueError):
@@ -41,17 +39,7 @@ def shard_stem(index: int) -> str:
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write ``path`` through ``write(file)`` into a temporary file beside it, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600: give the file the permissions open() would
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, write, suffix=TMP_SUFFIX)
 
 
 def write_json(path: Path, data: Any) -> None:
