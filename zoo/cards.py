@@ -166,8 +166,7 @@ def _snippets(entry: Entry) -> list[tuple[str, str]]:
     load = (
         f'(net, model_info) = zoo.load_pretrained_model("{entry.name}", inference=True)\n'
         "# The image size the model was trained on, and the matching transform\n"
-        "size = zoo.get_size_from_signature(model_info.signature)\n"
-        "transform = zoo.classification_transform(size, model_info.rgb_stats)\n"
+        "transform = model_info.transform()  # the net's own preprocessing\n"
     )
     what = "attention-pooled embedding" if entry.config.pool == "attn" else "mean of the patch tokens"
     out = [

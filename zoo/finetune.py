@@ -37,7 +37,7 @@ from zoo.inference import open_image
 from zoo.loader import ModelInfo, load_pretrained_model
 from zoo.nets.pe_vit import PEViT
 from zoo.registry import get_entry
-from zoo.transforms import classification_transform, to_rgb
+from zoo.transforms import to_rgb
 
 log = logging.getLogger("zoo")
 DTYPES = {k: ALL_DTYPES[k] for k in ("float32", "bfloat16")}  # the training dtypes
@@ -222,7 +222,7 @@ def _probe(args: FinetuneArgs, train: list, val: list, classes: dict[str, int], 
     device = torch.device(args.device or "cpu")
     net, info = load_pretrained_model(args.name, inference=True, device=device, dtype=DTYPES[args.dtype],
                                       new_size=args.size, weights_dir=args.weights_dir)
-    transform = classification_transform(info.size, info.rgb_stats)
+    transform = info.transform()
 
     def embed(samples: list, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
         loader = DataLoader(ImageSamples(samples, transform), batch_size=args.batch_size, num_workers=args.workers)
@@ -271,7 +271,7 @@ def _finetune(args: FinetuneArgs, train: list, val: list, classes: dict[str, int
     gen = torch.Generator().manual_seed(args.seed)
     train_loader = DataLoader(ImageSamples(train, train_transform(info.size, info.rgb_stats)), batch_size=args.batch_size,
                               shuffle=True, generator=gen, num_workers=args.workers, drop_last=len(train) > args.batch_size)
-    val_loader = DataLoader(ImageSamples(val, classification_transform(info.size, info.rgb_stats)),
+    val_loader = DataLoader(ImageSamples(val, info.transform()),
                             batch_size=args.batch_size, num_workers=args.workers)
     opt = torch.optim.AdamW(param_groups(net, args.learning_rate, args.weight_decay, args.layer_decay))
     for g in opt.param_groups:
