@@ -193,7 +193,7 @@ def test_hub_repo_errors_are_one_line(tmp_path):
 
 def test_push_to_hub_refuses_before_any_request(tmp_path, monkeypatch):
     net = zoo.create_model(NAME, device="meta")
-    info = zoo.ModelInfo(NAME, "core", {}, {}, {}, (384, 384), (384, 384), 192, 16, tmp_path)
+    info = zoo.ModelInfo(NAME, "core", {}, {}, (384, 384), (384, 384), 192, 16, tmp_path)
     monkeypatch.setenv("HF_TOKEN", "hf_x")
     with pytest.raises(PublishError, match="ORG/REPO"):
         push_to_hub(net, info, "no-slash")

@@ -91,7 +91,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from zoo.demo import run_demo
 
-    run_demo(print)
+    run_demo(print, keep=args.keep)
     return 0
 
 
@@ -128,6 +128,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device(p)
     p.set_defaults(func=cmd_classify)
     p = sub.add_parser("demo", help="the whole pipeline offline, with RANDOM weights (no Hub access needed)")
+    p.add_argument("--keep", action="store_true",
+                   help="leave the random weights in the Hub cache and the weights folder, to try everything offline")
     p.set_defaults(func=cmd_demo)
 
 
