@@ -232,8 +232,8 @@ def _hub_entry(repo_id: str, config: dict[str, Any]) -> Entry:
         return weights.WeightsIntegrityError(f"config.json of {repo_id}: {what}; publish the repo again with zoo.push_to_hub")
 
     for key in ("name", "family", "variant", "weights_file"):
-        if not isinstance(config[key], str) or not config[key]:
-            raise bad(f"{key} must be a non-empty string, got {config[key]!r:.60}")
+        if not isinstance(config[key], str) or (key in ("name", "weights_file") and not config[key]):
+            raise bad(f"{key} must be a {'non-empty ' if key in ('name', 'weights_file') else ''}string, got {config[key]!r:.60}")
     file = config["weights_file"]
     if "/" in file or "\\" in file or file.startswith(".") or not file.endswith(".safetensors"):
         raise bad(f"weights_file must be a plain *.safetensors file name, got {file!r:.60}")
