@@ -333,3 +333,10 @@ def test_install_random_weights_then_load_offline(tmp_path, monkeypatch):
     expected = meta_to_zoo(__import__("zoo.testing.synthetic").testing.synthetic.meta_vision_state_dict(SPATIAL.config, seed=0), SPATIAL.config)
     assert all(torch.equal(net.state_dict()[k], v) for k, v in expected.items())
     assert info.weights.parent == tmp_path / "zoo-home" / "weights"
+
+
+def test_a_file_written_as_a_bare_name_gets_the_path_form_in_the_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my-model").write_bytes(b"x")
+    with pytest.raises(zoo.registry.UnknownModelError, match=r"write it as a path: './my-model'"):
+        zoo.load_pretrained_model("my-model")

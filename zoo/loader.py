@@ -406,7 +406,13 @@ def resolve(
         return hub_record(name[len(HUB_PREFIX):], new_size, progress_bar=progress_bar)
     if weights.is_finetuned_path(name):
         return finetuned_record(name, new_size, weights_dir, progress_bar)
-    return registry_record(get_entry(name), new_size, weights_dir, progress_bar)
+    try:
+        entry = get_entry(name)
+    except UnknownModelError as e:
+        if isinstance(name, str) and os.path.isfile(name):  # a file meant, written as a name
+            raise UnknownModelError(f"{e}; to load the file {name!r} in this folder, write it as a path: './{name}'") from None
+        raise
+    return registry_record(entry, new_size, weights_dir, progress_bar)
 
 
 def load_pretrained_model(
