@@ -265,8 +265,11 @@ def _finetuned_file(path, record, tensors):
 
 @pytest.fixture(scope="module")
 def full_state():
-    torch.manual_seed(0)
-    return zoo.create_model(CORE.name, num_classes=2).state_dict()
+    """Every tensor of a 2-class T16 net (cheap constant values, a random head)."""
+    shapes = zoo.create_model(CORE.name, num_classes=2, device="meta").state_dict()
+    state = {k: torch.full(v.shape, 0.01) for k, v in shapes.items()}
+    state["head.weight"] = torch.randn(2, 192, generator=torch.Generator().manual_seed(0))
+    return state
 
 
 def test_a_registry_name_never_means_a_stray_file(full_state, hub, tmp_path, monkeypatch):
@@ -300,11 +303,10 @@ def test_tampered_finetuned_records_are_one_line_errors(record, problem, full_st
     assert "\n" not in str(e.value) and str(path) in str(e.value)
 
 
-def test_model_info_transform_and_signature_follow_the_info(hub, tmp_path):
+def test_model_info_transform_and_signature_follow_the_info(full_state, hub, tmp_path):
     """ModelInfo.transform() is the net's preprocessing at the size in use; the signature follows the info."""
     net, info = zoo.load_pretrained_model(_finetuned_file(tmp_path / "m.safetensors", {
-        "base": CORE.name, "class_to_idx": {"a": 1, "b": 0}, "size": [48, 32], "tensors": "full"},
-        zoo.create_model(CORE.name, num_classes=2).state_dict()), new_size=(32, 64))
+        "base": CORE.name, "class_to_idx": {"a": 1, "b": 0}, "size": [48, 32], "tensors": "full"}, full_state), new_size=(32, 64))
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
     x = info.transform()(image)
     # the formula written here: squash-resize to (32, 64) bilinear, scale to [0, 1], (x - mean) / std
@@ -317,20 +319,38 @@ def test_model_info_transform_and_signature_follow_the_info(hub, tmp_path):
     assert info.with_classes({"x": 0, "y": 1, "z": 2}, tmp_path).signature["outputs"] == [{"data_shape": [0, 3]}]
 
 
-def test_install_random_weights_then_load_offline(tmp_path, monkeypatch):
-    """The documented way to try everything offline: random Meta-layout weights in the Hub cache, then the loaders."""
+def test_install_random_weights_puts_meta_files_where_the_loader_looks(tmp_path):
+    """The documented way to try everything offline: random Meta-layout weights in the Hub cache, found offline."""
     from zoo.testing import install_random_weights
     from zoo.testing.hub_cache import use_cache
+    from zoo.testing.synthetic import meta_vision_state_dict
 
-    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "zoo-home"))
     with use_cache(tmp_path / "default-cache", offline=True):
         with pytest.raises(zoo.registry.UnknownModelError):
-            install_random_weights(["no-such-model"])
+            install_random_weights([SPATIAL.name, "no-such-model"])
         assert not (tmp_path / "default-cache").exists()  # names checked before anything is written
         cache = install_random_weights(SPATIAL.name)  # the default: huggingface_hub's cache (HF_HUB_CACHE here)
-        assert cache == tmp_path / "default-cache"
+        places = weights.locate(SPATIAL, tmp_path / "empty-weights")
+    assert cache == tmp_path / "default-cache"
+    meta = next(p for p in places if p.what == "Meta checkpoint")
+    assert meta.path is not None and meta.path.is_relative_to(cache)
+    saved = torch.load(meta.path, map_location="cpu", weights_only=True, mmap=True)
+    expected = meta_vision_state_dict(SPATIAL.config, seed=0)
+    assert saved.keys() == expected.keys() and all(torch.equal(saved[k], v) for k, v in expected.items())
+
+
+@pytest.mark.slow
+def test_install_random_weights_then_load_offline(tmp_path, monkeypatch):
+    """The whole offline path: installed random weights, converted and loaded by name, as Meta's file would be."""
+    from zoo.testing import install_random_weights
+    from zoo.testing.hub_cache import use_cache
+    from zoo.testing.synthetic import meta_vision_state_dict
+
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "zoo-home"))
+    with use_cache(tmp_path / "cache", offline=True):
+        install_random_weights([SPATIAL.name])
         net, info = zoo.load_pretrained_model(SPATIAL.name, inference=True, progress_bar=False)
-    expected = meta_to_zoo(__import__("zoo.testing.synthetic").testing.synthetic.meta_vision_state_dict(SPATIAL.config, seed=0), SPATIAL.config)
+    expected = meta_to_zoo(meta_vision_state_dict(SPATIAL.config, seed=0), SPATIAL.config)
     assert all(torch.equal(net.state_dict()[k], v) for k, v in expected.items())
     assert info.weights.parent == tmp_path / "zoo-home" / "weights"
 
