@@ -360,3 +360,45 @@ def test_a_file_written_as_a_bare_name_gets_the_path_form_in_the_error(tmp_path,
     (tmp_path / "my-model").write_bytes(b"x")
     with pytest.raises(zoo.registry.UnknownModelError, match=r"write it as a path: './my-model'"):
         zoo.load_pretrained_model("my-model")
+
+
+def test_a_cached_meta_checkpoint_is_used_without_asking_the_network(tmp_path, monkeypatch):
+    """No HF_HUB_OFFLINE and no network: a source already in the Hub cache never waits on a request (it waited
+    50 s on a machine without network)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from huggingface_hub import constants
+    from zoo.testing.hub_cache import use_cache
+
+    asked = []
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            asked.append(self.path)
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "src.pt").write_bytes(b"meta checkpoint")
+    add_file(tmp_path / "cache", SPATIAL.source.repo, SPATIAL.source.file, tmp_path / "src.pt")
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", constants.ENDPOINT + "/{repo_id}/resolve/{revision}/{filename}")
+    try:
+        with use_cache(tmp_path / "cache", offline=False):
+            path = weights.download_source(SPATIAL, progress=False)
+            with pytest.raises(weights.ConversionError):  # the stand-in Hub is asked for what is not cached
+                weights.download_source(CORE, progress=False)
+    finally:
+        server.shutdown()
+    assert path.read_bytes() == b"meta checkpoint"
+    files = [p for p in asked if "/resolve/" in p]
+    assert files and all(p.endswith("/" + CORE.source.file) for p in files)  # never for the cached file
