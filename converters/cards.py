@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from zoo.cards import render_card
+from zoo.fileio import atomic_write
 from zoo.registry import list_pretrained_models
 
 CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
@@ -21,14 +20,7 @@ def write_cards(out_dir: Path) -> list[Path]:
     paths = []
     for name in list_pretrained_models():
         path = out_dir / f"{name}.md"
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-                f.write(render_card(name))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, render_card(name))
         paths.append(path)
     return paths
 

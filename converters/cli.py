@@ -7,8 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-import torch
-
+from zoo.fileio import DTYPES
 from zoo.paths import weights_dir
 from zoo.registry import RegistryError, find_entry, load_registry
 from zoo.weights import ConversionError, convert_checkpoint, download_source, file_sha256, load_source, output_path
@@ -17,7 +16,6 @@ from zoo.weights.convert_text import convert_text_checkpoint, has_text_tower, te
 from zoo.weights.errors import OutputError
 from zoo.weights.writer import exit_on_sigterm
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _BLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.")
 
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import os
@@ -193,7 +194,7 @@ def test_hub_repo_errors_are_one_line(tmp_path):
 
 def test_push_to_hub_refuses_before_any_request(tmp_path, monkeypatch):
     net = zoo.create_model(NAME, device="meta")
-    info = zoo.ModelInfo(NAME, "core", {}, {}, {}, (384, 384), (384, 384), 192, 16, tmp_path)
+    info = zoo.ModelInfo(NAME, "core", {}, {}, (384, 384), (384, 384), 192, 16, tmp_path)
     monkeypatch.setenv("HF_TOKEN", "hf_x")
     with pytest.raises(PublishError, match="ORG/REPO"):
         push_to_hub(net, info, "no-slash")
@@ -201,3 +202,73 @@ def test_push_to_hub_refuses_before_any_request(tmp_path, monkeypatch):
         push_to_hub(torch.nn.Linear(1, 1), info, "a/b")
     with pytest.raises(PublishError, match="on the meta device"):
         push_to_hub(net, info, "a/b")
+
+
+# ------------------------------------------------------------------------------ a tiny repo, published at a non-native size
+TINY_STATS = {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.25]}
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(module_tmp):
+    """A 1-block net (not a registry entry), native 64x64, published by push_to_hub at 32x48: the staged files."""
+    from zoo.registry import get_entry
+    from zoo.testing.hub_cache import use_cache
+
+    cfg = dataclasses.replace(get_entry(NAME).config, width=64, depth=1, heads=2, mlp_dim=128, image_size=64, clip_dim=32)
+    torch.manual_seed(0)
+    net = zoo.PEViT(cfg)
+    info = zoo.ModelInfo("tiny-pe", "core", TINY_STATS, {}, (32, 48), (64, 64), 64, 16, module_tmp)
+    stage = module_tmp / "staged"
+    saved = os.environ.get("HF_TOKEN")
+    os.environ["HF_TOKEN"] = "hf_x"
+    try:
+        with use_cache(module_tmp / "no-cache", offline=True), pytest.raises(PublishError):  # staged, then the upload fails offline
+            push_to_hub(net, info, "someone/tiny", stage_dir=stage)
+    finally:
+        os.environ.pop("HF_TOKEN") if saved is None else os.environ.__setitem__("HF_TOKEN", saved)
+    return net.eval(), stage
+
+
+def _tiny_cache(tmp_path, stage, edit=None):
+    config = json.loads((stage / "config.json").read_text())
+    if edit is not None:
+        edit(config)
+    weights = {p.name: p.read_bytes() for p in stage.glob("*.safetensors")}
+    return _cache_repo(tmp_path, "someone/tiny", {"config.json": json.dumps(config).encode(), **weights})
+
+
+def test_a_net_pushed_at_a_non_native_size_loads_back_at_that_size(tiny_repo, tmp_path):
+    """issue 23: the size recorded in config.json (32x48) is the size loaded back, not the native 64x64."""
+    net, stage = tiny_repo
+    with use_cache(_tiny_cache(tmp_path, stage), offline=True):
+        back, info = zoo.load_pretrained_model("hf-hub:someone/tiny", inference=True)
+        _, wider = zoo.load_pretrained_model("hf-hub:someone/tiny", new_size=64)
+    assert info.size == (32, 48) and info.native_size == (64, 64) and wider.size == (64, 64)
+    assert back.pretrained_cfg["input_size"] == (3, 32, 48) and back.pretrained_cfg["mean"] == tuple(TINY_STATS["mean"])
+    assert info.rgb_stats == TINY_STATS and info.signature["inputs"] == [{"data_shape": [0, 3, 32, 48]}]
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        assert torch.equal(back(x), net(x))
+
+
+def _set_arch(key, value):
+    return lambda c: c["architecture"].__setitem__(key, value)
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda c: c.update(num_classes=0, class_to_idx={"a": 0, "b": 1}), "num_classes is 0 but class_to_idx names 2"),
+    (_set_arch("patch_size", 0), "patch_size must be a positive integer"),
+    (_set_arch("heads", 0), "heads must be a positive integer"),
+    (lambda c: c.update(sha256="abc"), "sha256 must map file names"),
+    (lambda c: c.update(name=5), "name must be a non-empty string"),
+    (lambda c: c.update(num_classes=2, class_to_idx={"a": 0, "b": 0}), "duplicate or out-of-range"),
+    (lambda c: c["signature"]["inputs"][0].update(data_shape=[0, 3, 30, 48]), "not two positive multiples of the patch size 16"),
+    (lambda c: c.update(weights_file="../../x.safetensors"), "plain \\*.safetensors file name"),
+], ids=["classes-without-head", "patch-0", "heads-0", "sha256-string", "name-int", "duplicate-index", "bad-size", "weights-path"])
+def test_hostile_hub_configs_are_one_line_errors(edit, problem, tiny_repo, tmp_path):
+    """issue 21: a config.json that lies or is malformed is refused with one line, never a traceback or a wrong net."""
+    from zoo.cli import USER_ERRORS
+
+    with use_cache(_tiny_cache(tmp_path, tiny_repo[1], edit), offline=True), pytest.raises(USER_ERRORS, match=problem) as e:
+        zoo.load_pretrained_model("hf-hub:someone/tiny")
+    assert "\n" not in str(e.value) and "someone/tiny" in str(e.value)

@@ -247,3 +247,158 @@ def test_reconverting_with_the_cli_keeps_loading(hub, tmp_path):
     assert convert_main(["--variant", "T16", "--checkpoint", str(src1), "--out", str(folder), "--force", "--vision-only"]) == 0
     net, _ = zoo.load_pretrained_model(CORE.name, weights_dir=folder)
     assert_weights(net, CORE, vision1)
+
+
+# ------------------------------------------------------------------------------ one pipeline, hostile records
+from zoo.cli import USER_ERRORS  # noqa: E402
+from zoo.weights.finetuned import FORMAT  # noqa: E402
+from zoo.weights.writer import TensorSpec, write_safetensors  # noqa: E402
+
+
+def _finetuned_file(path, record, tensors):
+    """A fine-tuned file as ``zoo.finetune`` writes it, with any record (even a tampered one)."""
+    specs = [TensorSpec(k, tuple(v.shape), v.dtype, lambda v=v: v.contiguous()) for k, v in tensors.items()]
+    _, sha = write_safetensors(path, specs, {"format": FORMAT, "finetune": __import__("json").dumps(record)})
+    weights.record(path, sha)
+    return path
+
+
+@pytest.fixture(scope="module")
+def full_state():
+    """Every tensor of a 2-class T16 net (cheap constant values, a random head)."""
+    shapes = zoo.create_model(CORE.name, num_classes=2, device="meta").state_dict()
+    state = {k: torch.full(v.shape, 0.01) for k, v in shapes.items()}
+    state["head.weight"] = torch.randn(2, 192, generator=torch.Generator().manual_seed(0))
+    return state
+
+
+def test_a_registry_name_never_means_a_stray_file(full_state, hub, tmp_path, monkeypatch):
+    """issue 21: a file named like a registry model in the current folder does not replace the model."""
+    monkeypatch.chdir(tmp_path)
+    _finetuned_file(tmp_path / CORE.name, {"base": CORE.name, "class_to_idx": {"a": 0, "b": 1}, "size": [64, 64],
+                                           "tensors": "full"}, full_state)
+    with pytest.raises(weights.WeightsNotFoundError, match=f"no weights for {CORE.name}"):
+        zoo.load_pretrained_model(CORE.name)  # the registry (nothing in this empty cache), not the file
+    net, info = zoo.load_pretrained_model(f"./{CORE.name}", inference=True)  # the path form loads the file
+    assert info.class_to_idx == {"a": 0, "b": 1} and net.num_classes == 2 and info.size == (64, 64)
+    assert info.signature == {"inputs": [{"data_shape": [0, 3, 64, 64]}], "outputs": [{"data_shape": [0, 2]}]}
+    assert net.pretrained_cfg["input_size"] == (3, 64, 64) and net.pretrained_cfg["num_classes"] == 2
+    assert torch.equal(net.head.weight, full_state["head.weight"])
+
+
+@pytest.mark.parametrize("record, problem", [
+    ({"class_to_idx": {"a": 0}, "size": [64, 64], "tensors": "full"}, "base registry model"),
+    ({"base": CORE.name, "class_to_idx": 3, "size": [64, 64], "tensors": "full"}, "class_to_idx must map"),
+    ({"base": CORE.name, "class_to_idx": {"a": 0}, "size": 64, "tensors": "full"}, r"\[height, width\]"),
+    (["base", CORE.name], "must be a JSON object"),
+    ({"base": CORE.name, "class_to_idx": {"a": 0, "b": 0}, "size": [64, 64], "tensors": "full"}, "duplicate or out-of-range"),
+    ({"base": CORE.name, "class_to_idx": {"a": 0, "b": 5}, "size": [64, 64], "tensors": "full"}, "duplicate or out-of-range"),
+    ({"base": 7, "class_to_idx": {"a": 0}, "size": [64, 64], "tensors": "full"}, "base registry model"),
+], ids=["no-base", "int-classes", "int-size", "list", "duplicate-index", "out-of-range-index", "int-base"])
+def test_tampered_finetuned_records_are_one_line_errors(record, problem, full_state, tmp_path):
+    """issue 21: a tampered fine-tune record, or class indices that are not 0..n-1 once each, is refused in one line."""
+    path = _finetuned_file(tmp_path / "model.safetensors", record, full_state)
+    with pytest.raises(USER_ERRORS, match=problem) as e:
+        zoo.load_pretrained_model(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_model_info_transform_and_signature_follow_the_info(full_state, hub, tmp_path):
+    """ModelInfo.transform() is the net's preprocessing at the size in use; the signature follows the info."""
+    net, info = zoo.load_pretrained_model(_finetuned_file(tmp_path / "m.safetensors", {
+        "base": CORE.name, "class_to_idx": {"a": 1, "b": 0}, "size": [48, 32], "tensors": "full"}, full_state), new_size=(32, 64))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    x = info.transform()(image)
+    # the formula written here: squash-resize to (32, 64) bilinear, scale to [0, 1], (x - mean) / std
+    from torchvision.transforms import functional as TF
+    ref = (TF.to_tensor(TF.resize(image, [32, 64], interpolation=TF.InterpolationMode.BILINEAR)) - 0.5) / 0.5
+    assert x.shape == (3, 32, 64) and torch.allclose(x, ref, atol=1e-6)
+    assert info.signature["inputs"][0]["data_shape"] == [0, 3, 32, 64] and zoo.get_size_from_signature(info.signature) == (32, 64)
+    headless = dataclasses.replace(info, class_to_idx={}, num_classes=0)
+    assert headless.signature["outputs"] == [{"data_shape": [0, 192]}]
+    assert info.with_classes({"x": 0, "y": 1, "z": 2}, tmp_path).signature["outputs"] == [{"data_shape": [0, 3]}]
+
+
+def test_install_random_weights_puts_meta_files_where_the_loader_looks(tmp_path):
+    """The documented way to try everything offline: random Meta-layout weights in the Hub cache, found offline."""
+    from zoo.testing import install_random_weights
+    from zoo.testing.hub_cache import use_cache
+    from zoo.testing.synthetic import meta_vision_state_dict
+
+    with use_cache(tmp_path / "default-cache", offline=True):
+        with pytest.raises(zoo.registry.UnknownModelError):
+            install_random_weights([SPATIAL.name, "no-such-model"])
+        assert not (tmp_path / "default-cache").exists()  # names checked before anything is written
+        cache = install_random_weights(SPATIAL.name)  # the default: huggingface_hub's cache (HF_HUB_CACHE here)
+        places = weights.locate(SPATIAL, tmp_path / "empty-weights")
+    assert cache == tmp_path / "default-cache"
+    meta = next(p for p in places if p.what == "Meta checkpoint")
+    assert meta.path is not None and meta.path.is_relative_to(cache)
+    saved = torch.load(meta.path, map_location="cpu", weights_only=True, mmap=True)
+    expected = meta_vision_state_dict(SPATIAL.config, seed=0)
+    assert saved.keys() == expected.keys() and all(torch.equal(saved[k], v) for k, v in expected.items())
+
+
+@pytest.mark.slow
+def test_install_random_weights_then_load_offline(tmp_path, monkeypatch):
+    """The whole offline path: installed random weights, converted and loaded by name, as Meta's file would be."""
+    from zoo.testing import install_random_weights
+    from zoo.testing.hub_cache import use_cache
+    from zoo.testing.synthetic import meta_vision_state_dict
+
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "zoo-home"))
+    with use_cache(tmp_path / "cache", offline=True):
+        install_random_weights([SPATIAL.name])
+        net, info = zoo.load_pretrained_model(SPATIAL.name, inference=True, progress_bar=False)
+    expected = meta_to_zoo(meta_vision_state_dict(SPATIAL.config, seed=0), SPATIAL.config)
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in expected.items())
+    assert info.weights.parent == tmp_path / "zoo-home" / "weights"
+
+
+def test_a_file_written_as_a_bare_name_gets_the_path_form_in_the_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my-model").write_bytes(b"x")
+    with pytest.raises(zoo.registry.UnknownModelError, match=r"write it as a path: './my-model'"):
+        zoo.load_pretrained_model("my-model")
+
+
+def test_a_cached_meta_checkpoint_is_used_without_asking_the_network(tmp_path, monkeypatch):
+    """No HF_HUB_OFFLINE and no network: a source already in the Hub cache never waits on a request (it waited
+    50 s on a machine without network)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from huggingface_hub import constants
+    from zoo.testing.hub_cache import use_cache
+
+    asked = []
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            asked.append(self.path)
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "src.pt").write_bytes(b"meta checkpoint")
+    add_file(tmp_path / "cache", SPATIAL.source.repo, SPATIAL.source.file, tmp_path / "src.pt")
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", constants.ENDPOINT + "/{repo_id}/resolve/{revision}/{filename}")
+    try:
+        with use_cache(tmp_path / "cache", offline=False):
+            path = weights.download_source(SPATIAL, progress=False)
+            with pytest.raises(weights.ConversionError):  # the stand-in Hub is asked for what is not cached
+                weights.download_source(CORE, progress=False)
+    finally:
+        server.shutdown()
+    assert path.read_bytes() == b"meta checkpoint"
+    files = [p for p in asked if "/resolve/" in p]
+    assert files and all(p.endswith("/" + CORE.source.file) for p in files)  # never for the cached file

@@ -1,10 +1,11 @@
 """pe-zoo: Meta's Perception Encoder vision models, exact, fast and easy to load."""
 
-import sys as _sys
+import importlib as _importlib
+import warnings as _warnings
+from typing import Any as _Any
 
 from zoo import weights
 from zoo.clip import PECLIP, create_clip, get_tokenizer, load_pretrained_clip, zero_shot_classifier, zero_shot_classify
-from zoo.clip import tokenizer as _tokenizer
 from zoo.collection import embed_collection, read_embeddings, read_row_info, search
 from zoo.eval import published_results
 from zoo.hub import push_to_hub
@@ -18,13 +19,18 @@ from zoo.registry import get_model_config, list_pretrained_models
 from zoo.training import param_groups
 from zoo.transforms import classification_transform
 from zoo.version import __version__
-from zoo.weights import convert_text as _convert_text
-from zoo.weights import writer as _writer
 
-# The first version's module paths keep working (``zoo.convert.meta_to_zoo``, ``from zoo.tokenizer import ...``).
-for _old, _module in {"convert": weights, "convert_text": _convert_text, "safetensors_writer": _writer, "tokenizer": _tokenizer}.items():
-    _sys.modules.setdefault(f"zoo.{_old}", _module)
-    globals()[_old] = _module
+# The first version's module paths, kept for one release with a DeprecationWarning naming the new path
+_MOVED = {"convert": "zoo.weights", "convert_text": "zoo.weights.convert_text", "safetensors_writer": "zoo.weights.writer",
+          "tokenizer": "zoo.clip.tokenizer"}
+
+
+def __getattr__(name: str) -> _Any:
+    if name in _MOVED:
+        _warnings.warn(f"zoo.{name} is deprecated and goes in the next release; use {_MOVED[name]}", DeprecationWarning, stacklevel=2)
+        return _importlib.import_module(_MOVED[name])
+    raise AttributeError(f"module 'zoo' has no attribute {name!r}")
+
 
 __all__ = [
     "ModelInfo", "PEConfig", "PEViT", "classification_transform", "create_model", "get_model_config",

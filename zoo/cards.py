@@ -170,9 +170,7 @@ def _snippets(entry: Entry) -> list[tuple[str, str]]:
     shapes = stated_shapes(entry)
     load = (
         f'(net, model_info) = zoo.load_pretrained_model("{entry.name}", inference=True)\n'
-        "# The image size the model was trained on, and the matching transform\n"
-        "size = zoo.get_size_from_signature(model_info.signature)\n"
-        "transform = zoo.classification_transform(size, model_info.rgb_stats)\n"
+        "transform = model_info.transform()  # its preprocessing, at the size it was trained on\n"
     )
     what = "attention-pooled embedding" if entry.config.pool == "attn" else "mean of the patch tokens"
     out = [

@@ -15,12 +15,9 @@ writes the best epoch's net as one self-describing safetensors file (``zoo.weigh
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,14 +31,16 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from zoo import weights
+from zoo.fileio import DTYPES as ALL_DTYPES
+from zoo.fileio import atomic_write_json
 from zoo.inference import open_image
 from zoo.loader import ModelInfo, load_pretrained_model
 from zoo.nets.pe_vit import PEViT
 from zoo.registry import get_entry
-from zoo.transforms import classification_transform, to_rgb
+from zoo.transforms import to_rgb
 
 log = logging.getLogger("zoo")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {k: ALL_DTYPES[k] for k in ("float32", "bfloat16")}  # the training dtypes
 WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
 DEFAULT_LR = {"probe": 1e-3, "full": 1e-4}
@@ -168,18 +167,6 @@ def _prepare_out(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _autocast(device: torch.device, dtype: str):
     return torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
 
@@ -235,7 +222,7 @@ def _probe(args: FinetuneArgs, train: list, val: list, classes: dict[str, int], 
     device = torch.device(args.device or "cpu")
     net, info = load_pretrained_model(args.name, inference=True, device=device, dtype=DTYPES[args.dtype],
                                       new_size=args.size, weights_dir=args.weights_dir)
-    transform = classification_transform(info.size, info.rgb_stats)
+    transform = info.transform()
 
     def embed(samples: list, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
         loader = DataLoader(ImageSamples(samples, transform), batch_size=args.batch_size, num_workers=args.workers)
@@ -284,7 +271,7 @@ def _finetune(args: FinetuneArgs, train: list, val: list, classes: dict[str, int
     gen = torch.Generator().manual_seed(args.seed)
     train_loader = DataLoader(ImageSamples(train, train_transform(info.size, info.rgb_stats)), batch_size=args.batch_size,
                               shuffle=True, generator=gen, num_workers=args.workers, drop_last=len(train) > args.batch_size)
-    val_loader = DataLoader(ImageSamples(val, classification_transform(info.size, info.rgb_stats)),
+    val_loader = DataLoader(ImageSamples(val, info.transform()),
                             batch_size=args.batch_size, num_workers=args.workers)
     opt = torch.optim.AdamW(param_groups(net, args.learning_rate, args.weight_decay, args.layer_decay))
     for g in opt.param_groups:
@@ -343,7 +330,7 @@ def finetune(args: FinetuneArgs, progress: bool = True) -> FinetuneResult:
     weights.write_finetuned(path, tensors, record)
     metrics = {"epochs": history, "best_epoch": best_epoch, "best_val_top1": top1,
                "train_images": len(train), "val_images": len(val), "class_to_idx": classes}
-    _write_json(args.out / METRICS_FILE, metrics)
+    atomic_write_json(args.out / METRICS_FILE, metrics)
     log.info("best epoch %d (val_top1 %.2f%%) written to %s", best_epoch, 100 * top1, path)
     return FinetuneResult(path, args.out / METRICS_FILE, metrics, net, info.with_classes(classes, path), classes)
 

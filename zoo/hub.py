@@ -1,4 +1,5 @@
-"""Hugging Face Hub repos of zoo nets: publish one (``push_to_hub``) and load one back (``load_from_hub``).
+"""Publish zoo nets to Hugging Face Hub repos (``push_to_hub``); ``zoo.loader`` loads them back (``load_from_hub``,
+re-exported here). Publishing depends on loading, never the other way round.
 
 A repo holds ``<name>.safetensors`` (zoo metadata inside), ``config.json`` (architecture, preprocessing,
 timm's ``pretrained_cfg``, classes, the sha256 of each weights file) and a ``README.md`` card. The
@@ -7,7 +8,6 @@ converters (``python -m converters.publish``) stage registry checkpoints in the 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -15,22 +15,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from huggingface_hub import ModelCardData
 
-from zoo.loader import ModelInfo, _input_size, build_from_file
-from zoo.nets.pe_vit import PEConfig, PEViT
+from zoo.loader import ModelInfo, load_from_hub
+from zoo.nets.pe_vit import PEViT
 from zoo.registry import Entry, Source, UnknownModelError, Weights, get_entry
 from zoo.transforms import pretrained_cfg
 from zoo.version import __version__
 from zoo.weights import (
-    ConversionError, TensorSpec, WeightsIntegrityError, WeightsNotFoundError, check_metadata, converter_command,
-    file_sha256, read_metadata, verify, write_safetensors,
+    ConversionError, TensorSpec, converter_command, file_sha256, read_metadata, write_safetensors,
 )
 from zoo.weights.convert_text import text_weights_file
-from zoo.weights.hub import hub_download
-
-CONFIG_KEYS = ("name", "family", "variant", "architecture", "signature", "rgb_stats", "weights_file")
 
 
 class PublishError(Exception):
@@ -175,7 +170,7 @@ def repo_card(repo_id: str, config: dict[str, Any]) -> str:
         "## Usage",
         "```python\nimport zoo\n\n"
         f'net, model_info = zoo.load_pretrained_model("hf-hub:{repo_id}", inference=True)\n'
-        "transform = zoo.classification_transform(model_info.size, model_info.rgb_stats)\n```",
+        "transform = model_info.transform()  # the net's own preprocessing\n```",
     ]) + "\n"
 
 
@@ -222,82 +217,6 @@ def push_to_hub(
         stage([weights], where, config, repo_card(repo_id, config))
         return upload(where, repo_id, private=private, token=token,
                       message=commit_message or f"Upload {entry.name} (pe-zoo {__version__})")
-
-
-def _read_config(repo_id: str, progress: bool, revision: str | None) -> dict[str, Any]:
-    try:
-        path = hub_download(repo_id, "config.json", progress=progress, revision=revision)
-    except Exception as e:  # not found, offline, no access: all mean the same to the user
-        raise WeightsNotFoundError(
-            f"cannot get config.json of the Hub repo {repo_id} ({type(e).__name__}); check the repo id, "
-            "your access (HF_TOKEN) and the network (HF_HUB_OFFLINE=1 uses only the local cache)"
-        ) from None
-    try:
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise WeightsIntegrityError(f"config.json of {repo_id} is not valid JSON ({e})") from None
-    missing = [k for k in CONFIG_KEYS if not isinstance(config, dict) or k not in config]
-    if missing:
-        raise WeightsIntegrityError(
-            f"{repo_id} is not a pe-zoo repo: its config.json lacks {', '.join(missing)}; publish it with zoo.push_to_hub"
-        )
-    return config
-
-
-def _config_entry(repo_id: str, config: dict[str, Any]) -> Entry:
-    try:
-        arch = PEConfig.from_dict(config["architecture"])
-    except (ValueError, TypeError, KeyError) as e:
-        raise WeightsIntegrityError(f"config.json of {repo_id} has an unreadable architecture ({e})") from None
-    try:
-        base = get_entry(config["name"])
-    except UnknownModelError:
-        base = None
-    weights = Weights(config["weights_file"], None, repo_id)
-    if base is not None and base.config == arch:
-        known = base.weights.sha256 if base.weights.hub_repo == repo_id and base.weights.file == weights.file else None
-        return dataclasses.replace(base, weights=dataclasses.replace(weights, sha256=known))
-    return Entry(
-        name=config["name"], family=config["family"], variant=config["variant"], description="", config=arch,
-        signature=config["signature"], rgb_stats=config["rgb_stats"], source=Source(config.get("base_model") or "", ""),
-        weights=weights, license=config.get("license", "other"), papers=(),
-    )
-
-
-def load_from_hub(
-    repo_id: str,
-    *,
-    revision: str | None = None,
-    inference: bool = False,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    new_size: int | tuple[int, int] | None = None,
-    progress_bar: bool = True,
-) -> tuple[PEViT, ModelInfo]:
-    """The net of a pe-zoo Hub repo and its ``ModelInfo`` (``zoo.load_pretrained_model("hf-hub:ORG/REPO")``).
-
-    The weights are checked as the registry's are: sha256 (``config.json``'s, else the registry's, else the
-    one recorded when first seen) and the file's zoo metadata against the architecture in ``config.json``.
-    """
-    config = _read_config(repo_id, progress_bar, revision)
-    entry = _config_entry(repo_id, config)
-    file = entry.weights.file
-    fix = f"Download it again: hf download {repo_id} {file} --force-download"
-    try:
-        path = hub_download(repo_id, file, progress=progress_bar, revision=revision)
-    except Exception as e:
-        raise WeightsNotFoundError(f"cannot get {file} of the Hub repo {repo_id} ({type(e).__name__}). {fix}") from None
-    expected = (config.get("sha256") or {}).get(file) or entry.weights.sha256
-    try:
-        verify(path, expected, "hf download")
-        check_metadata(path, entry, "hf download")
-    except WeightsIntegrityError as e:  # the advice of the converted-weights folder does not apply here
-        raise WeightsIntegrityError(str(e).split(" Rebuild it")[0] + f" {fix}") from None
-    num_classes = int(config.get("num_classes") or 0)
-    return build_from_file(
-        entry, path, _input_size(entry, new_size), fix=fix, num_classes=num_classes,
-        class_to_idx=config.get("class_to_idx") or {}, inference=inference, device=device, dtype=dtype,
-    )
 
 
 def checked_weights(entry: Entry, folder: Path) -> Path:

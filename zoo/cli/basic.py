@@ -47,7 +47,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     from zoo.transforms import classification_transform
 
     net, info = load_net(args)
-    transform = classification_transform(get_size_from_signature(info.signature), info.rgb_stats)
+    transform = info.transform()
     x = transform(open_image(args.image)).unsqueeze(0).to(args.device or "cpu")
     with torch.inference_mode():
         features = net.detection_features(x, layers=args.layers)
@@ -104,7 +104,7 @@ def _classify_one(model, path: str, transform, classifier: torch.Tensor, args: a
 def cmd_demo(args: argparse.Namespace) -> int:
     from zoo.demo import run_demo
 
-    run_demo(print)
+    run_demo(print, keep=args.keep)
     return 0
 
 
@@ -166,8 +166,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run the real pipeline offline on PE-Core-T16 with RANDOM weights: write a Meta-layout "
                     "checkpoint into a temporary Hub cache, then resolve, convert, verify, load, embed an image "
                     "and compute detection features, printing each step.",
-        **examples("python -m zoo demo", "python -m zoo demo --quiet"),
+        **examples("python -m zoo demo", "python -m zoo demo --keep", "python -m zoo demo --quiet"),
     )
+    p.add_argument("--keep", action="store_true",
+                   help="leave the random weights in the Hub cache and the weights folder, to try everything offline")
     p.set_defaults(func=cmd_demo)
 
 

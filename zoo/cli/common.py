@@ -6,9 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-import torch
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from zoo.fileio import DTYPES
 WEIGHTS_DIR_HELP = "weights folder (default: $ZOO_HOME/weights or ~/.cache/pe-zoo/weights)"
 
 

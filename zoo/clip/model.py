@@ -17,6 +17,7 @@ from zoo.nets.text import PEText
 from zoo.nets.text import TextConfig
 from zoo.registry import Entry, get_entry
 from zoo.clip.tokenizer import Tokenizer
+from zoo.loader import LoadRecord, build
 from zoo.transforms import pretrained_cfg
 
 Template = str | Callable[[str], str]
@@ -99,20 +100,10 @@ def load_clip_entry(
     _require_text(entry)
     vision = weights.resolve(entry, weights_dir, progress=progress_bar)
     text = weights.resolve(entry, weights_dir, progress=progress_bar, text=True)
-    with torch.device("meta"):  # no random init, no memory: the files' tensors are assigned below
-        model = PECLIP(entry.config, entry.text)
-    try:
-        model.load_zoo_state_dicts(weights.read_tensors(vision), weights.read_tensors(text), assign=True)
-    except RuntimeError as e:
-        raise weights.WeightsIntegrityError(
-            f"{vision} and {text} do not hold the tensors of {entry.name} ({weights.first_line(e)}); rebuild them: "
-            f"{weights.converter_command(entry, paths.weights_dir(weights_dir))} --force"
-        ) from None
-    if device is not None or dtype is not None:
-        model = model.to(device=device, dtype=dtype)
-    if inference:
-        model.eval().requires_grad_(False)
-    model.pretrained_cfg = model.visual.pretrained_cfg = pretrained_cfg(entry.size, entry.rgb_stats)  # timm's data config
+    fix = f"rebuild them: {weights.converter_command(entry, paths.weights_dir(weights_dir))} --force"
+    record = LoadRecord(entry, ((vision, "visual."), (text, "text.")), entry.size, fix, make=lambda: PECLIP(entry.config, entry.text))
+    model, _ = build(record, inference=inference, device=device, dtype=dtype)  # logit_scale keeps its top-level name
+    model.visual.pretrained_cfg = model.pretrained_cfg  # timm's data config
     return model
 
 

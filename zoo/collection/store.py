@@ -23,7 +23,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from zoo.weights.writer import _lock, _pid_alive, create_temp
+from zoo.fileio import atomic_write, lock
+from zoo.weights.writer import _pid_alive
 
 log = logging.getLogger("zoo")
 
@@ -46,19 +47,10 @@ def shard_stem(index: int) -> str:
 def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write ``path`` through ``write(file)`` into a temporary file beside it, then rename it into place.
 
-    The temporary file is named with this process's id and locked while written (``create_temp``), so
-    ``remove_temporaries`` never takes a live writer's file.
+    The temporary file is named with this process's id and locked while written (``zoo.fileio.create_temp``),
+    so ``remove_temporaries`` never takes a live writer's file.
     """
-    fd, tmp = create_temp(path, TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, write, suffix=TMP_SUFFIX)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -108,7 +100,7 @@ def stale_temporaries(out: Path) -> list[Path]:
         except OSError:
             continue
         try:
-            if _lock(fd, block=False):
+            if lock(fd, block=False):
                 stale.append(tmp)
         finally:
             os.close(fd)

@@ -5,8 +5,10 @@
 - ``writer``: the atomic, streaming safetensors writer
 - ``integrity``: sha256 records and metadata checks
 - ``resolver``: where an entry's weights come from, in order, verified before use
+- ``birder_file``: checkpoints birder's scripts wrote for zoo networks, read in the zoo's terms
 """
 
+from zoo.weights.birder_file import BirderCheckpoint, is_birder_checkpoint, read_birder_checkpoint
 from zoo.weights.convert import (
     CONVERTER_VERSION, ConvertResult, convert_checkpoint, file_metadata, guess_entry, map_vision_key, meta_to_zoo,
     output_path, plan_conversion, split_vision,
@@ -20,6 +22,7 @@ from zoo.weights.source import download_source, load_source, unwrap_state_dict
 from zoo.weights.writer import TensorSpec, exit_on_sigterm, remove_stale_partials, write_safetensors
 
 __all__ = [
+    "BirderCheckpoint", "is_birder_checkpoint", "read_birder_checkpoint",
     "CONVERTER_VERSION", "ConversionError", "ConvertResult", "Location", "OutputError", "TensorSpec", "WeightsIntegrityError",
     "WeightsNotFoundError", "check", "exit_on_sigterm", "first_line", "remove_stale_partials", "check_metadata", "convert_checkpoint", "convert_text_checkpoint", "converter_command",
     "download_source", "file_metadata", "file_sha256", "guess_entry", "is_finetuned_path", "read_finetuned", "write_finetuned", "load_source", "locate", "map_vision_key",

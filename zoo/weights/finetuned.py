@@ -26,9 +26,13 @@ KINDS = ("head", "full")
 
 
 def is_finetuned_path(name: str | os.PathLike) -> bool:
-    """Whether ``name`` (where a registry name would go) points at a file rather than naming a checkpoint."""
+    """Whether ``name`` (where a registry name would go) is written as a path: a ``PathLike``, ``*.safetensors``,
+    or with a folder separator (``./NAME``). A bare name is a registry name, even when a file of that name is
+    in the current folder: a stray file never replaces a registry model."""
+    if isinstance(name, os.PathLike):
+        return True
     s = os.fspath(name)
-    return s.endswith(".safetensors") or os.path.isfile(s)
+    return s.endswith(".safetensors") or "/" in s or os.sep in s or bool(os.altsep and os.altsep in s)
 
 
 def write_finetuned(path: str | os.PathLike, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> str:

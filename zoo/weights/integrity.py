@@ -4,10 +4,8 @@ and the zoo metadata every converted file carries."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -15,20 +13,12 @@ from safetensors import safe_open
 
 from zoo.nets.pe_vit import PEConfig, PEViT
 from zoo.nets.text import PEText
+from zoo.fileio import DTYPES, SAFETENSORS_CODES, file_sha256, file_stamp, read_sidecar, sidecar_path
+from zoo.fileio import write_sidecar as record
 from zoo.registry import Entry
 from zoo.weights.errors import ConversionError, WeightsIntegrityError
-from zoo.weights.writer import create_temp
 
-FLOAT_CODES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}  # the dtypes a zoo weights file may hold
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 hex digest of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+FLOAT_CODES = {SAFETENSORS_CODES[d]: name for name, d in DTYPES.items()}  # the dtypes a zoo weights file may hold
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -40,46 +30,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise ConversionError(f"cannot read the metadata of {path}: not a readable safetensors file ({e})") from None
 
 
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """Where the zoo records a file's sha256 (beside the real file, symlinks resolved)."""
-    real = Path(os.path.realpath(path))
-    return real.with_name(real.name + ".sha256.json")
-
-
-def _stamp(st: os.stat_result) -> dict[str, int]:
-    # ctime changes on every write and cannot be set back with os.utime: an in-place edit is always seen
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = create_temp(path, ".tmp")  # mode 0666 less the umask, like any file the user writes
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def record(path: str | os.PathLike, sha256: str) -> None:
-    """Record ``sha256`` for ``path`` in its sidecar, with the file's current size/mtime/ctime/inode."""
-    data = {"sha256": sha256, **_stamp(os.stat(path)), "verified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    _write_atomic(sidecar_path(path), json.dumps(data, indent=1) + "\n")
-
-
-def _read_record(path: str | os.PathLike) -> dict | None:
-    try:
-        data = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) and isinstance(data.get("sha256"), str) else None
-    except (OSError, ValueError):
-        return None
-
-
 def _hash(path: str | os.PathLike, expected: str | None, rebuild: str) -> tuple[str, bool]:
     """The file's sha256 checked against ``expected`` or its record, and whether it should be recorded now."""
-    rec = _read_record(path)
-    if rec is not None and {k: rec.get(k) for k in ("size", "mtime_ns", "ctime_ns", "inode")} == _stamp(os.stat(path)):
+    rec = read_sidecar(path)
+    if rec is not None and {k: rec.get(k) for k in ("size", "mtime_ns", "ctime_ns", "inode")} == file_stamp(os.stat(path)):
         sha, fresh = rec["sha256"], False
     else:
         sha, fresh = file_sha256(path), True

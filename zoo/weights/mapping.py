@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 
-_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
-}
+from zoo.fileio import SAFETENSORS_DTYPES
+
+_DTYPES = SAFETENSORS_DTYPES
 
 
 def map_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, GatedRepoError
 from safetensors import safe_open
 
@@ -107,9 +108,14 @@ def refetch_hint(path: Path) -> str:
 def download_source(entry: Entry, progress: bool = True) -> Path:
     """Fetch an entry's Meta checkpoint with ``huggingface_hub`` (cached, resumable) and return its local path.
 
-    Honours ``HF_HOME``/``HF_HUB_CACHE``, ``HF_HUB_OFFLINE`` and ``HF_TOKEN``.
+    Honours ``HF_HOME``/``HF_HUB_CACHE``, ``HF_HUB_OFFLINE`` and ``HF_TOKEN``. A checkpoint already in the
+    Hub cache is used without asking the network (Meta's files do not change, and what is converted from
+    them is verified), so a machine without network never waits on a timeout for a file it has.
     """
     repo, file = entry.source.repo, entry.source.file
+    cached = try_to_load_from_cache(repo, file)
+    if isinstance(cached, str):
+        return Path(cached)
     try:
         return hub_download(repo, file, progress=progress)
     except GatedRepoError as e:

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import signal
 import struct
 import sys
@@ -25,19 +24,12 @@ from pathlib import Path
 
 import torch
 
+from zoo.fileio import SAFETENSORS_CODES, create_temp, lock
 from zoo.weights.errors import OutputError
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: stale temporary files are told apart by their process id alone
-    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("zoo")
 
-DTYPE_CODES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
-}
+DTYPE_CODES = SAFETENSORS_CODES
 
 
 @dataclass(frozen=True)
@@ -81,17 +73,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _lock(fd: int, block: bool = True) -> bool:
-    """An exclusive ``flock`` on ``fd`` (held until closed); False when another process holds it."""
-    if fcntl is None:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
-    except BlockingIOError:
-        return False
-    return True
-
-
 def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
     """Delete the temporary files that interrupted writes of ``path`` left behind; return them.
 
@@ -109,24 +90,13 @@ def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
         except OSError:
             continue
         try:
-            if _lock(fd, block=False):
+            if lock(fd, block=False):
                 tmp.unlink(missing_ok=True)
                 removed.append(tmp)
                 log.info(f"removed {tmp}, left by an interrupted write (process {pid})")
         finally:
             os.close(fd)
     return removed
-
-
-def create_temp(path: Path, suffix: str = ".partial") -> tuple[int, Path]:
-    """A new, locked temporary file beside ``path``, named with this process's id; mode 0666 less the umask.
-
-    Returns its open descriptor (write-only) and its path.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-    _lock(fd)
-    return fd, tmp
 
 
 def _make_folder(folder: Path) -> list[Path]:
