@@ -41,7 +41,7 @@ def torchcodec_decoder():
 
 def decode_video(path: str, indices: list[int], device: torch.device | str) -> torch.Tensor:
     """The frames at presentation ``indices`` as uint8 RGB [N, 3, H, W] on ``device`` (torchcodec, rotation applied)."""
-    from zoo.video import VideoError
+    from zoo.images import VideoError
 
     try:
         decoder = torchcodec_decoder()(path, device=str(device), seek_mode="exact")

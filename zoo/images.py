@@ -18,6 +18,10 @@ class ImageError(ValueError):
     """An image that cannot be read or cannot be turned into the model's 8-bit RGB input."""
 
 
+class VideoError(ImageError):
+    """A video that cannot be read: missing, corrupt, truncated, without a video stream, empty, or an unknown codec."""
+
+
 def upright(image: Image.Image) -> Image.Image:
     """``image`` as a viewer shows it: its EXIF orientation applied (the same image when it has none)."""
     try:
@@ -87,4 +91,4 @@ def open_image(image: ImageLike) -> Image.Image:
         raise ImageError(f"cannot read image {name!r}: {cause}") from None
 
 
-__all__ = ["ImageError", "ImageLike", "open_image", "to_rgb", "upright"]
+__all__ = ["ImageError", "ImageLike", "VideoError", "open_image", "to_rgb", "upright"]

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from zoo.images import ImageError
+from zoo.images import VideoError
 
 
 DEFAULT_FRAMES = 8  # apps/pe/clip_benchmark/cli.py: --num-frames default 8
@@ -33,10 +33,6 @@ Backend = Literal["pyav", "torchcodec"]
 VIDEO_EXTENSIONS = frozenset({
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".flv", ".3gp", ".ogv",
 })
-
-
-class VideoError(ImageError):
-    """A video that cannot be read: missing, corrupt, truncated, without a video stream, empty, or an unknown codec."""
 
 
 def is_video_name(path: str | os.PathLike) -> bool:

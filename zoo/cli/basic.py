@@ -43,8 +43,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_features(args: argparse.Namespace) -> int:
     from zoo.inference import open_image
-    from zoo.loader import get_size_from_signature
-    from zoo.transforms import classification_transform
 
     net, info = load_net(args)
     transform = info.transform()

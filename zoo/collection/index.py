@@ -363,7 +363,7 @@ class Searcher:
 
     def top_k(self, queries: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(scores, rows)`` of the ``k`` rows most cosine-similar to each of ``queries`` [Q, D], best first."""
-        from zoo.collection.search import top_k
+        from zoo.collection.scan import top_k
 
         queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.rows.shape[1])
         if self.index is None:
@@ -374,7 +374,7 @@ class Searcher:
 def search_rows(directory: str | os.PathLike, manifest: dict[str, Any], rows: MappedRows, query: np.ndarray, k: int,
                 exact: bool = False) -> tuple[np.ndarray, np.ndarray, str, str | None]:
     """``(scores, row numbers, method, reason)`` of one query: through the index when current, else the exact scan."""
-    from zoo.collection.search import top_k
+    from zoo.collection.scan import top_k
 
     searcher = Searcher(directory, exact=exact, manifest=manifest, rows=rows)
     q = np.asarray(query, dtype=np.float32).reshape(-1)
