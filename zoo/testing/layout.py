@@ -15,7 +15,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("nets", ("zoo.nets", "zoo.nets.*")),
     ("registry", ("zoo.registry", "zoo.models", "zoo.version", "zoo.paths", "zoo.fileio", "zoo.images",
                   "zoo.transforms", "zoo.optimize", "zoo.clip.tokenizer")),
-    ("weights", ("zoo.weights", "zoo.weights.*")),
+    ("weights", ("zoo.weights", "zoo.weights.*", "zoo.eval.published")),  # Meta's published figures: registry data the cards show
     ("load", ("zoo.loader", "zoo.clip", "zoo.clip.*")),
     ("publish", ("zoo.hub", "zoo.cards")),
     ("uses", ("zoo.inference", "zoo.training", "zoo.finetune", "zoo.detection", "zoo.export", "zoo.birder",
