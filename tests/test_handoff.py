@@ -170,9 +170,12 @@ def test_birder_help_lists_scripts_and_tools():
     assert {"train", "train_detection", "predict", "predict_detection", "benchmark"} <= set(SCRIPTS)
     assert "model-info" in TOOLS
     from zoo.cli import main
+    from zoo.cli.birder import main as birder_main
 
     assert main(["birder", "--help"]) == 0
-    assert run(["no_such_script"]) == 2
+    assert birder_main(["no_such_script"]) == 2
+    with pytest.raises(ValueError, match="neither a birder script"):
+        run(["no_such_script"])
 
 
 TRAIN = ["train", "--network", CORE.name, "--pretrained", "--reset-head", "--data-path", "training", "--val-path", "validation",

@@ -2,7 +2,7 @@
 
 import sys
 
-from zoo.birder.scripts import run
+from zoo.cli.birder import main
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    sys.exit(main())

@@ -145,10 +145,8 @@ def _prepare(script: str, args: list[str]) -> None:
 
 
 def run(argv: list[str]) -> int:
-    """Run one birder script or tool with the zoo's networks registered; returns its exit status."""
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE, end="")
-        return 0
+    """Run one birder script (``argv[0]``) or ``tools`` with its own arguments, the zoo's networks registered;
+    returns its exit status. An unknown name raises ``ValueError`` (the CLI prints ``USAGE`` for help)."""
     name, args = argv[0], list(argv[1:])
     if name == "tools":
         module, prog = "birder.tools", "python -m zoo.birder tools"
@@ -157,8 +155,7 @@ def run(argv: list[str]) -> int:
         module, prog = f"birder.scripts.{name}", f"python -m zoo.birder {name}"
         _prepare(name, args)
     else:
-        print(f"error: {name!r} is neither a birder script nor 'tools'; scripts: {', '.join(SCRIPTS)}", file=sys.stderr)
-        return 2
+        raise ValueError(f"{name!r} is neither a birder script nor 'tools'; python -m zoo.birder --help lists them")
     saved = sys.argv
     sys.argv = [prog, *args]
     try:
@@ -170,4 +167,4 @@ def run(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["SCRIPTS", "TOOLS", "prepare_pretrained", "run", "zoo_network"]
+__all__ = ["SCRIPTS", "TOOLS", "USAGE", "prepare_pretrained", "run", "zoo_network"]

@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def run_birder(argv: list[str]) -> int:
     """``argv`` after ``birder``, handed to birder untouched (its own options, ``--help`` included)."""
     try:
-        from zoo.birder.scripts import run
+        from zoo.birder.scripts import USAGE, run
     except ImportError as e:
         raise OSError(str(e)) from None  # the one-line hint naming the [birder] extra
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
     return run(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m zoo.birder``: one-line errors (exit 2) for an unknown script, as the zoo's other commands."""
+    try:
+        return run_birder(sys.argv[1:] if argv is None else argv)
+    except (ValueError, OSError) as e:
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 2
 
 
 def cmd_birder(args: argparse.Namespace) -> int:
@@ -32,4 +45,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_birder)
 
 
-__all__ = ["register", "run_birder"]
+__all__ = ["main", "register", "run_birder"]

@@ -3,3 +3,5 @@
 Each module imports its framework only when called, so ``import zoo`` never needs it; a missing one is
 named with the extra that installs it.
 """
+
+__all__: list[str] = []

@@ -22,7 +22,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
               "zoo.collection", "zoo.collection.*", "zoo.demo", "zoo.testing", "zoo.testing.*", "zoo.birder.*",
               "zoo.video", "zoo.gpu_decode", "zoo.show", "zoo.eval", "zoo.eval.*", "zoo.serve", "zoo.serve.*",
               "zoo.integrations", "zoo.integrations.*")),
-    ("cli", ("zoo", "zoo.__main__", "zoo.cli", "zoo.cli.*", "converters", "converters.*")),
+    ("cli", ("zoo", "zoo.__main__", "zoo.birder.__main__", "zoo.cli", "zoo.cli.*", "converters", "converters.*")),
 ]
 
 
