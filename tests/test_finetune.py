@@ -127,7 +127,7 @@ STEPS = 2  # per epoch: 6 readable training images (7 with the broken one, last 
 
 
 def run(t16, layout, tmp, **kw):
-    args = FinetuneArgs(data=layout, out=tmp / "out", **COMMON, **kw)
+    args = FinetuneArgs(data=layout, out=tmp / "out", **{**COMMON, **kw})
     with Spy() as spy:
         result = finetune(args, progress=False)
     return args, result, spy
@@ -135,7 +135,7 @@ def run(t16, layout, tmp, **kw):
 
 @pytest.fixture(scope="module")
 def probe(t16, layout, module_tmp):
-    return run(t16, layout, module_tmp / "probe", linear_probe=True, lr=0.5)
+    return run(t16, layout, module_tmp / "probe", linear_probe=True, lr=0.5, workers=2)  # images decoded in 2 processes
 
 
 @pytest.fixture(scope="module")
