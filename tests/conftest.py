@@ -1,3 +1,4 @@
+import logging
 import shutil
 import tempfile
 
@@ -24,6 +25,22 @@ def pytest_report_header(config) -> str:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _no_logging_errors(monkeypatch):
+    """Fail the test in which a log handler could not write (logging prints "--- Logging error ---" and goes on)."""
+    errors = []
+    report = logging.Handler.handleError
+
+    def handle_error(self, record):
+        errors.append(f"{type(self).__name__} could not log {record.getMessage()!r}")
+        report(self, record)
+
+    monkeypatch.setattr(logging.Handler, "handleError", handle_error)
+    yield
+    if errors:
+        pytest.fail("logging error(s): " + "; ".join(errors), pytrace=False)
 
 
 @pytest.fixture

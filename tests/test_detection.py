@@ -153,29 +153,55 @@ def _train(model, images, targets, steps: int, lr: float = 1e-4) -> list[dict[st
     return losses
 
 
+def _check_predictions(model, images, build, size):
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    assert len(out) == len(images)
+    keys = {"boxes", "labels", "scores"} | ({"masks"} if build is mask_rcnn else set())
+    for o in out:
+        assert set(o) == keys and o["boxes"].shape[1:] == (4,) and o["labels"].dtype == torch.int64
+        assert len(o["boxes"]) == len(o["labels"]) == len(o["scores"]) > 0
+        if build is mask_rcnn:
+            assert o["masks"].shape == (len(o["boxes"]), 1, size, size)
+
+
+@pytest.mark.parametrize("build", [faster_rcnn, mask_rcnn], ids=["faster", "mask"])
+def test_detector_training_step_reaches_every_part(build):
+    """One training step at 64 px: every loss, finite; a gradient in every trainable part (backbone blocks,
+    pyramid, RPN, box head and mask head); then predictions of the right form. The -m slow case trains longer."""
+    torch.manual_seed(0)
+    model = build(T16, num_classes=3, pretrained=False, **dict(SMALL, min_size=64, max_size=64, box_score_thresh=0.0))
+    t = model.transform
+    assert t.image_mean == [0.5] * 3 and t.image_std == [0.5] * 3  # the checkpoint's statistics, not ImageNet's
+    assert t.size_divisible == 64 and isinstance(model.backbone, FeaturePyramid)
+    images, targets = rectangles(1, size=64, masks=build is mask_rcnn)
+    model.train()
+    parts = model(images, targets)
+    expected = {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"} | ({"loss_mask"} if build is mask_rcnn else set())
+    assert set(parts) == expected and all(torch.isfinite(v) and v > 0 for v in parts.values()), parts
+    sum(parts.values()).backward()
+    prefixes = ["backbone.net.blocks.0.", "backbone.net.blocks.11.", "backbone.levels.", "rpn.head.", "roi_heads.box_head.",
+                "roi_heads.box_predictor."] + (["roi_heads.mask_head.", "roi_heads.mask_predictor."] if build is mask_rcnn else [])
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    for prefix in prefixes:
+        got = [g for n, g in grads.items() if n.startswith(prefix)]
+        assert got and all(g is not None for g in got) and any(g.abs().sum() > 0 for g in got), prefix
+    _check_predictions(model, images, build, 64)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("build", [faster_rcnn, mask_rcnn], ids=["faster", "mask"])
 def test_detector_trains_and_predicts(build):
     torch.manual_seed(0)
     model = build(T16, num_classes=3, pretrained=False, **SMALL)
-    t = model.transform
-    assert t.image_mean == [0.5] * 3 and t.image_std == [0.5] * 3  # the checkpoint's statistics, not ImageNet's
-    assert t.size_divisible == 64 and isinstance(model.backbone, FeaturePyramid)
     images, targets = rectangles(2, masks=build is mask_rcnn)
     first, *_, last = _train(model, images, targets, steps=5)
     # box regression losses rise at first (more proposals become positive); the classification losses fall
     for key in ("total", "loss_classifier") + (("loss_mask",) if build is mask_rcnn else ()):
         assert last[key] < 0.9 * first[key], (key, first, last)
     assert last["loss_objectness"] < first["loss_objectness"]
-    model.eval()
-    with torch.no_grad():
-        out = model(images[:2])
-    assert len(out) == 2
-    keys = {"boxes", "labels", "scores"} | ({"masks"} if build is mask_rcnn else set())
-    for o in out:
-        assert set(o) == keys and o["boxes"].shape[1:] == (4,) and o["labels"].dtype == torch.int64
-        assert len(o["boxes"]) == len(o["labels"]) == len(o["scores"]) > 0
-        if build is mask_rcnn:
-            assert o["masks"].shape == (len(o["boxes"]), 1, 128, 128)
+    _check_predictions(model, images[:2], build, 128)
 
 
 def test_detector_patch14_pads_to_exact_strides():

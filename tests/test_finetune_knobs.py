@@ -66,13 +66,22 @@ def test_grad_checkpointing_gives_the_same_gradients(name):
     cfg = dataclasses.replace(get_entry(name).config, depth=2, width=96, heads=3, mlp_dim=192)
     net = net_of(cfg, drop_path_rate=0.2).train()
     x = x_of(3, cfg)
-    grads = []
+    grads, runs = [], [0] * len(net.blocks)
+    hooks = [b.register_forward_pre_hook(lambda m, a, i=i: runs.__setitem__(i, runs[i] + 1)) for i, b in enumerate(net.blocks)]
     for ckpt in (False, True):
+        runs[:] = [0] * len(net.blocks)
         net.set_grad_checkpointing(ckpt)
         net.zero_grad(set_to_none=True)
         torch.manual_seed(123)  # same drop-path draws in both runs
         net(x).square().mean().backward()
+        assert runs == [2 if ckpt else 1] * len(net.blocks)  # on: every block runs again in backward; off: none
         grads.append({n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None})
+    runs[:] = [0] * len(net.blocks)
+    with torch.no_grad():
+        net(x)
+    assert runs == [1] * len(net.blocks)  # nothing to recompute without gradients
+    for h in hooks:
+        h.remove()
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 20
     for n, g in grads[0].items():
         assert (grads[1][n] - g).abs().max() <= 1e-6 * g.abs().max() + 1e-12, n

@@ -26,11 +26,14 @@ RENAMES = {"patch_embed.weight": "patch_embed.proj.weight", "norm_post.weight": 
            "norm_post.bias": "norm.bias", "attn_pool.probe": "attn_pool.latent", "clip_proj.weight": "head.weight"}
 
 
-def pair(name, depth=None):
+def pair(name, depth=None, size=None):
+    """(zoo net, timm model, input size) on the same Meta-layout weights; ``size`` makes it the native size of both."""
     entry = get_entry(name)
     cfg = unit_config(entry)
     if depth:
         cfg = dataclasses.replace(cfg, depth=depth)
+    if size:
+        cfg = dataclasses.replace(cfg, image_size=size)
     meta = meta_vision_state_dict(cfg, seed=11)
     net = zoo.PEViT(cfg)
     net.load_state_dict(meta_to_zoo(meta, cfg))
@@ -50,8 +53,8 @@ def unpacked(monkeypatch):
     monkeypatch.setattr(Linear, "pack", False)
 
 
-def check(name, depth=None):
-    net, ref, size = pair(name, depth)
+def check(name, depth=None, size=None):
+    net, ref, size = pair(name, depth, size)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():  # the no-grad forward, on the plain branch
         ours, theirs = outputs(net, ref, x)
@@ -76,6 +79,13 @@ def check(name, depth=None):
 
 @pytest.mark.parametrize("name", [CORE, SPATIAL])
 def test_plain_path_and_gradients_match_timm(name, unpacked):
+    """At 64 px (a 4x4 grid as the native size of both): the same code path as the -m slow case, in a second."""
+    check(name, depth=3, size=64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [CORE, SPATIAL])
+def test_plain_path_and_gradients_match_timm_native_size(name, unpacked):
     check(name, depth=3)
 
 

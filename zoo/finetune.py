@@ -1,9 +1,10 @@
 """Fine-tune a PE net for image classification on an image folder: full fine-tuning or a linear probe.
 
 ``finetune(FinetuneArgs(...))`` reads an ImageFolder tree (one sub-folder per class, split into train and
-validation by ``val_fraction``) or ``DIR/train`` + ``DIR/val``, trains, evaluates top-1 after each epoch, and
-writes the best epoch's net as one self-describing safetensors file (``zoo.weights.finetuned``) plus
-``metrics.json``. ``zoo.load_pretrained_model(path)`` loads that file back.
+validation by ``val_fraction``) or ``DIR/train`` + ``DIR/val`` (or ``validation``, ``valid``, ``test``), trains,
+evaluates top-1 after each epoch, and writes the best epoch's net as one self-describing safetensors file
+(``zoo.weights.finetuned``) plus ``metrics.json``. ``zoo.load_pretrained_model(path)`` loads that file back.
+Hidden entries are ignored; unreadable images are skipped and listed in ``metrics.json``.
 
 - Full fine-tuning: random resized crop and flip at the input size, Meta's normalisation; AdamW over
   ``zoo.param_groups`` (layer-wise lr decay, no weight decay on norms, biases and embeddings), linear warmup
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,19 +33,22 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from zoo import weights
+from zoo.collection.inputs import is_image_name
 from zoo.fileio import DTYPES as ALL_DTYPES
 from zoo.fileio import atomic_write_json
-from zoo.inference import open_image
+from zoo.images import ImageError, open_image
 from zoo.loader import ModelInfo, load_pretrained_model
 from zoo.nets.pe_vit import PEViT
 from zoo.registry import get_entry
 from zoo.transforms import to_rgb
+from zoo.weights.writer import remove_stale_partials
 
 log = logging.getLogger("zoo")
 DTYPES = {k: ALL_DTYPES[k] for k in ("float32", "bfloat16")}  # the training dtypes
 WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
 DEFAULT_LR = {"probe": 1e-3, "full": 1e-4}
+VAL_SPLITS = ("val", "validation", "valid", "test")  # DIR/train + the first of these that exists
 
 
 @dataclass
@@ -66,7 +71,7 @@ class FinetuneArgs:
     val_fraction: float = 0.2
     size: int | None = None  # input side (a multiple of the patch size); default: the model's native size
     seed: int = 0
-    workers: int = 0
+    workers: int | None = None  # data loader processes; default: the CPU count, at most 8 (as embed)
     device: str | None = None
     weights_dir: Path | None = None
     force: bool = False
@@ -79,6 +84,8 @@ class FinetuneArgs:
             raise ValueError(f"epochs and batch_size must be at least 1, got {self.epochs} and {self.batch_size}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.workers is None:
+            self.workers = min(8, os.cpu_count() or 1)
 
     @property
     def learning_rate(self) -> float:
@@ -103,43 +110,94 @@ class FinetuneResult:
 
 
 # -------------------------------------------------------------------------------------------------- data
-def find_images(data: Path, val_fraction: float, seed: int = 0) -> tuple[list, list, dict[str, int]]:
+def _folders(root: Path, exclude: Path | None = None) -> list[Path]:
+    """The visible sub-folders of ``root`` (hidden ones such as ``.ipynb_checkpoints`` and ``exclude`` left out), by name."""
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as e:
+        raise ValueError(f"--data {root} cannot be read as a folder: {e.strerror or e}") from None
+    return [Path(e.path) for e in entries
+            if e.is_dir() and not e.name.startswith(".") and (exclude is None or Path(e.path).resolve() != exclude)]
+
+
+def _images(folder: Path) -> list[str]:
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.join(root, f) for f in sorted(files) if is_image_name(f) and not f.startswith(".")]
+    return found
+
+
+def _scan(root: Path, exclude: Path | None) -> tuple[list[tuple[str, int]], dict[str, int]]:
+    """(samples, class_to_idx) of one ImageFolder tree: one visible sub-folder of images per class."""
+    classes = _folders(root, exclude)
+    if not classes:
+        raise ValueError(f"{root} has no class folders; give a folder with one sub-folder of images per class")
+    empty = [c.name for c in classes if not _images(c)]
+    if empty:
+        raise ValueError(f"class folder(s) {empty} in {root} hold no images; add images or remove the folder(s)")
+    class_to_idx = {c.name: i for i, c in enumerate(classes)}
+    return [(p, i) for c, i in zip(classes, class_to_idx.values()) for p in _images(c)], class_to_idx
+
+
+def _two_classes(classes: dict[str, int], root: Path) -> None:
+    if len(classes) < 2:
+        only = next(iter(classes))
+        raise ValueError(
+            f"{root} has one class ({only!r}); a classifier needs at least 2. If the class folders are inside "
+            f"{root / only}, pass --data {root / only}"
+        )
+
+
+def find_images(data: Path, val_fraction: float, seed: int = 0, exclude: Path | None = None) -> tuple[list, list, dict[str, int]]:
     """(train samples, val samples, class_to_idx) with samples as (path, class index) pairs.
 
-    ``data/train`` and ``data/val`` are used as given; otherwise ``data`` is one ImageFolder tree, split per
-    class (seeded) so that about ``val_fraction`` of each class's images are held out.
+    ``data/train`` with ``data/val`` (or ``validation``, ``valid``, ``test``) are used as given, the
+    validation labels mapped to the training classes; ``data/train`` alone is split as a tree. Otherwise
+    ``data`` is one ImageFolder tree, split per class (seeded) so that about ``val_fraction`` of each
+    class's images are held out. Hidden entries and the folder ``exclude`` are ignored.
     """
-    from torchvision.datasets import ImageFolder
-
-    def scan(root: Path) -> ImageFolder:
-        try:
-            return ImageFolder(str(root))
-        except (FileNotFoundError, RuntimeError) as e:
-            raise ValueError(f"{root} is not an image folder tree (one sub-folder of images per class): {e}") from None
-
-    if (data / "train").is_dir() and (data / "val").is_dir():
-        train, val = scan(data / "train"), scan(data / "val")
-        unknown = sorted(set(val.classes) - set(train.classes))
+    data = Path(data)
+    exclude = exclude.resolve() if exclude is not None else None
+    top = {f.name.lower(): f for f in _folders(data, exclude)}
+    splits = [top[n] for n in VAL_SPLITS if n in top]
+    if "train" in top and splits:
+        train_dir, val_dir = top["train"], splits[0]
+        if len(splits) > 1:
+            log.info("validating on %s; %s not used", val_dir, ", ".join(str(s) for s in splits[1:]))
+        train, classes = _scan(train_dir, exclude)
+        _two_classes(classes, train_dir)
+        val, val_classes = _scan(val_dir, exclude)
+        unknown = sorted(set(val_classes) - set(classes))
         if unknown:
-            raise ValueError(f"{data / 'val'} has classes that {data / 'train'} lacks: {unknown}")
-        names = {i: c for c, i in val.class_to_idx.items()}
-        return train.samples, [(p, train.class_to_idx[names[i]]) for p, i in val.samples], train.class_to_idx
-    tree = scan(data)
+            raise ValueError(f"{val_dir} has classes that {train_dir} lacks: {unknown}")
+        names = {i: c for c, i in val_classes.items()}
+        return train, [(p, classes[names[i]]) for p, i in val], classes
+    if "train" in top or splits:
+        if set(top) != {"train"}:
+            found = ", ".join(sorted(f.name for f in top.values()))
+            raise ValueError(
+                f"{data} holds {found}: give train/ with val/ (or validation/, valid/, test/) beside it, "
+                "or one sub-folder of images per class"
+            )
+        data = top["train"]  # train/ alone: hold out val_fraction of it
+    tree, classes = _scan(data, exclude)
+    _two_classes(classes, data)
     rng = random.Random(seed)
     train, val = [], []
-    for idx in range(len(tree.classes)):
-        samples = [s for s in tree.samples if s[1] == idx]
+    for name, idx in classes.items():
+        samples = [s for s in tree if s[1] == idx]
         rng.shuffle(samples)
         if len(samples) < 2:
-            raise ValueError(f"class {tree.classes[idx]!r} in {data} has {len(samples)} image(s); it needs at least 2 to split off a validation image")
+            raise ValueError(f"class {name!r} in {data} has {len(samples)} image(s); it needs at least 2 to split off a validation image")
         n_val = min(len(samples) - 1, max(1, round(val_fraction * len(samples))))
         val += samples[:n_val]
         train += samples[n_val:]
-    return train, val, tree.class_to_idx
+    return train, val, classes
 
 
 class ImageSamples(Dataset):
-    """(path, label) pairs as (tensor, label) through a transform."""
+    """(path, label) pairs as (tensor, label, "") through a transform; an unreadable image as (None, label, reason)."""
 
     def __init__(self, samples: list[tuple[str, int]], transform) -> None:
         self.samples, self.transform = samples, transform
@@ -147,9 +205,33 @@ class ImageSamples(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str]:
         path, label = self.samples[i]
-        return self.transform(open_image(path)), label
+        try:
+            return self.transform(open_image(path)), label, ""
+        except ImageError as e:
+            return None, label, str(e)
+
+
+def _collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:
+    """A batch of the readable images and their labels (None when there is none), and the reasons for the others."""
+    good = [(x, y) for x, y, _ in items if x is not None]
+    bad = [reason for x, _, reason in items if x is None]
+    if not good:
+        return None, None, bad
+    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), bad
+
+
+def _loader(samples: list, transform, args: "FinetuneArgs", **kw: Any) -> DataLoader:
+    return DataLoader(ImageSamples(samples, transform), batch_size=args.batch_size, num_workers=args.workers,
+                      collate_fn=_collate, persistent_workers=args.workers > 0, **kw)
+
+
+def _skipped(unreadable: set[str], reasons: list[str]) -> None:
+    for r in reasons:
+        if r not in unreadable:
+            log.warning("skipped: %s", r)
+            unreadable.add(r)
 
 
 def train_transform(size: tuple[int, int], rgb_stats: dict[str, list[float]]) -> T.Compose:
@@ -161,10 +243,13 @@ def train_transform(size: tuple[int, int], rgb_stats: dict[str, list[float]]) ->
 
 
 # ---------------------------------------------------------------------------------------------- training
-def _prepare_out(out: Path, force: bool) -> None:
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse an existing, non-empty ``out`` unless ``force``; files a killed run left half-written do not count."""
+    if out.is_dir():
+        for name in (WEIGHTS_FILE, METRICS_FILE):
+            remove_stale_partials(out / name)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise FileExistsError(f"output folder {out} already exists and is not empty; choose another --out or pass --force to overwrite it")
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def _autocast(device: torch.device, dtype: str):
@@ -194,11 +279,13 @@ class _Progress:
 
 
 @torch.no_grad()
-def _top1(logits_fn, batches) -> float:
+def _top1(logits_fn, batches, unreadable: set[str]) -> float:
     correct = total = 0
-    for x, y in batches:
-        correct += (logits_fn(x).argmax(dim=-1).cpu() == y).sum().item()
-        total += len(y)
+    for x, y, bad in batches:
+        _skipped(unreadable, bad)
+        if x is not None:
+            correct += (logits_fn(x).argmax(dim=-1).cpu() == y).sum().item()
+            total += len(y)
     return correct / max(total, 1)
 
 
@@ -208,25 +295,27 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def _embed(net: PEViT, loader: DataLoader, device: torch.device, desc: str, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    feats, labels = [], []
+def _embed(net: PEViT, loader: DataLoader, device: torch.device, desc: str, progress: bool,
+           unreadable: set[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    feats, labels = [torch.zeros(0, net.embed_dim)], [torch.zeros(0, dtype=torch.long)]
     with torch.inference_mode(), tqdm(total=len(loader.dataset), desc=desc, unit="img", disable=not progress, leave=False) as bar:
-        for x, y in loader:
-            feats.append(net.embedding(x.to(device)).float().cpu())
-            labels.append(y)
-            bar.update(len(y))
+        for x, y, bad in loader:
+            _skipped(unreadable, bad)
+            if x is not None:
+                feats.append(net.embedding(x.to(device)).float().cpu())
+                labels.append(y)
+            bar.update(len(bad) + (0 if y is None else len(y)))
     return torch.cat(feats), torch.cat(labels)
 
 
-def _probe(args: FinetuneArgs, train: list, val: list, classes: dict[str, int], progress: bool):
+def _probe(args: FinetuneArgs, train: list, val: list, classes: dict[str, int], progress: bool, unreadable: set[str]):
     device = torch.device(args.device or "cpu")
     net, info = load_pretrained_model(args.name, inference=True, device=device, dtype=DTYPES[args.dtype],
                                       new_size=args.size, weights_dir=args.weights_dir)
     transform = info.transform()
 
     def embed(samples: list, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-        loader = DataLoader(ImageSamples(samples, transform), batch_size=args.batch_size, num_workers=args.workers)
-        return _embed(net, loader, device, desc, progress)
+        return _embed(net, _loader(samples, transform, args), device, desc, progress, unreadable)
 
     started = time.perf_counter()
     xt, yt = embed(train, "embedding train")
@@ -250,7 +339,7 @@ def _probe(args: FinetuneArgs, train: list, val: list, classes: dict[str, int], 
             bar.update(len(idx), loss.item())
             step += 1
         speed = bar.close()
-        top1 = _top1(head, [(xv, yv)])
+        top1 = _top1(head, [(xv, yv, [])], unreadable)
         history.append(_epoch_log(epoch, args.epochs, bar.loss, top1, speed))
         if best is None or top1 > best[0]:
             best = (top1, epoch, {f"head.{k}": v.detach().clone() for k, v in head.state_dict().items()})
@@ -260,7 +349,7 @@ def _probe(args: FinetuneArgs, train: list, val: list, classes: dict[str, int], 
     return net, info, best, history, "head"
 
 
-def _finetune(args: FinetuneArgs, train: list, val: list, classes: dict[str, int], progress: bool):
+def _finetune(args: FinetuneArgs, train: list, val: list, classes: dict[str, int], progress: bool, unreadable: set[str]):
     from zoo.training import param_groups
 
     device = torch.device(args.device or "cpu")
@@ -269,10 +358,9 @@ def _finetune(args: FinetuneArgs, train: list, val: list, classes: dict[str, int
                                       num_classes=len(classes), drop_path_rate=args.drop_path)
     net.set_grad_checkpointing(args.grad_checkpointing)
     gen = torch.Generator().manual_seed(args.seed)
-    train_loader = DataLoader(ImageSamples(train, train_transform(info.size, info.rgb_stats)), batch_size=args.batch_size,
-                              shuffle=True, generator=gen, num_workers=args.workers, drop_last=len(train) > args.batch_size)
-    val_loader = DataLoader(ImageSamples(val, info.transform()),
-                            batch_size=args.batch_size, num_workers=args.workers)
+    train_loader = _loader(train, train_transform(info.size, info.rgb_stats), args, shuffle=True, generator=gen,
+                           drop_last=len(train) > args.batch_size)
+    val_loader = _loader(val, info.transform(), args)
     opt = torch.optim.AdamW(param_groups(net, args.learning_rate, args.weight_decay, args.layer_decay))
     for g in opt.param_groups:
         g["initial_lr"] = g["lr"]
@@ -282,7 +370,10 @@ def _finetune(args: FinetuneArgs, train: list, val: list, classes: dict[str, int
     for epoch in range(1, args.epochs + 1):
         net.train()
         bar = _Progress(len(train_loader) * args.batch_size if train_loader.drop_last else len(train), f"epoch {epoch}/{args.epochs}", progress)
-        for x, y in train_loader:
+        for x, y, bad in train_loader:
+            _skipped(unreadable, bad)
+            if x is None:
+                continue
             factor = _lr_factor(step, total, warmup)
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] * factor
@@ -300,7 +391,7 @@ def _finetune(args: FinetuneArgs, train: list, val: list, classes: dict[str, int
             with _autocast(device, args.dtype):
                 return net(x.to(device)).float()
 
-        top1 = _top1(logits, val_loader)
+        top1 = _top1(logits, val_loader, unreadable)
         history.append(_epoch_log(epoch, args.epochs, bar.loss, top1, speed))
         if best is None or top1 > best[0]:
             best = (top1, epoch, {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()})
@@ -316,11 +407,13 @@ def _epoch_log(epoch: int, epochs: int, loss: float, top1: float, speed: float) 
 
 def finetune(args: FinetuneArgs, progress: bool = True) -> FinetuneResult:
     """Train as ``args`` says and write ``model.safetensors`` and ``metrics.json`` into ``args.out``."""
-    _prepare_out(args.out, args.force)  # refuse before any work
-    train, val, classes = find_images(args.data, args.val_fraction, args.seed)
+    get_entry(args.name)  # every input checked before any work; nothing is created before the results are written
+    _check_out(args.out, args.force)
+    train, val, classes = find_images(args.data, args.val_fraction, args.seed, exclude=args.out)
     log.info("%d classes, %d train and %d val images from %s", len(classes), len(train), len(val), args.data)
     run = _probe if args.linear_probe else _finetune
-    net, info, (top1, best_epoch, tensors), history, kind = run(args, train, val, classes, progress)
+    unreadable: set[str] = set()
+    net, info, (top1, best_epoch, tensors), history, kind = run(args, train, val, classes, progress, unreadable)
     base_sha = weights.verify(info.weights, None, rebuild=weights.converter_command(get_entry(info.name)))
     record = {
         "base": info.name, "base_sha256": base_sha, "class_to_idx": classes, "size": list(info.size),
@@ -328,10 +421,12 @@ def finetune(args: FinetuneArgs, progress: bool = True) -> FinetuneResult:
     }
     path = args.out / WEIGHTS_FILE
     weights.write_finetuned(path, tensors, record)
-    metrics = {"epochs": history, "best_epoch": best_epoch, "best_val_top1": top1,
-               "train_images": len(train), "val_images": len(val), "class_to_idx": classes}
+    metrics = {"epochs": history, "best_epoch": best_epoch, "best_val_top1": top1, "train_images": len(train),
+               "val_images": len(val), "class_to_idx": classes, "unreadable": sorted(unreadable)}
     atomic_write_json(args.out / METRICS_FILE, metrics)
     log.info("best epoch %d (val_top1 %.2f%%) written to %s", best_epoch, 100 * top1, path)
+    if unreadable:
+        log.warning("%d unreadable image(s) skipped; listed in %s", len(unreadable), args.out / METRICS_FILE)
     return FinetuneResult(path, args.out / METRICS_FILE, metrics, net, info.with_classes(classes, path), classes)
 
 

@@ -41,13 +41,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a message is logged, so it never outlives a replaced stream
+    (``main`` called again from a test, a notebook or another tool that swaps ``sys.stderr``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("pe-zoo: %(message)s"))
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns one; the current sys.stderr is always used
+        pass
+
+
 def _configure_logging(quiet: bool) -> None:
     log = logging.getLogger("zoo")
-    if not any(getattr(h, "_zoo_cli", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("pe-zoo: %(message)s"))
-        handler._zoo_cli = True  # type: ignore[attr-defined]
-        log.addHandler(handler)
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        log.addHandler(_StderrHandler())
     log.setLevel(logging.WARNING if quiet else logging.INFO)
 
 

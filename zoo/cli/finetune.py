@@ -21,18 +21,31 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     result = finetune(run, progress=not args.quiet)
     m = result.metrics
     print(f"best epoch {m['best_epoch']}: val top-1 {100 * m['best_val_top1']:.2f}% ({m['val_images']} images, {len(result.class_to_idx)} classes)")
+    if m["unreadable"]:
+        print(f"skipped {len(m['unreadable'])} unreadable image(s), listed in {result.metrics_path}")
     print(f"saved {result.path} and {result.metrics_path}")
     print(f"load it with zoo.load_pretrained_model({str(result.path)!r})")
     return 0
 
 
+EXAMPLES = """examples:
+  python -m zoo finetune rope_i_vit_b16_pn_aps_c1_pe-core --data photos/ --out probe/ --linear-probe
+  python -m zoo finetune rope_i_vit_b16_pn_aps_c1_pe-core --data photos/ --out ft/ --epochs 5 --size 224 --grad-checkpointing
+  python -m zoo finetune rope_i_vit_t16_pn_aps_c1_pe-core --data dataset/ --out ft/ --force   # dataset/train + dataset/val
+"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``finetune`` to the ``python -m zoo`` parser."""
     helptext = "fine-tune a model for image classification on an image folder (or train a linear probe)"
-    p = sub.add_parser("finetune", help=helptext, description=helptext + ". Writes OUT/model.safetensors and OUT/metrics.json.")
+    p = sub.add_parser(
+        "finetune", help=helptext, description=helptext + ". Writes OUT/model.safetensors and OUT/metrics.json.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
+    )
     p.add_argument("name", help="a registry name (see `list`)")
     p.add_argument("--data", type=Path, required=True, metavar="DIR",
-                   help="an ImageFolder tree (one sub-folder of images per class), or DIR/train + DIR/val")
+                   help="an ImageFolder tree (one sub-folder of images per class), or DIR/train + DIR/val "
+                        "(or validation, valid, test); hidden entries are ignored")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (must not exist or be empty, unless --force)")
     p.add_argument("--linear-probe", action="store_true", help="freeze the backbone, embed every image once, train only the head")
     p.add_argument("--epochs", type=int, default=10, help="default 10")
@@ -46,8 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="bfloat16: autocast (probe: bfloat16 weights)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of each class held out when DIR has no train/val split (default 0.2)")
     p.add_argument("--size", type=int, help="input size in pixels, a multiple of the patch size (default: the native size)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the validation split, the head's initialisation and the data order (default 0)")
+    p.add_argument("--workers", type=int, metavar="N", help="image decoding processes (default: CPU count, at most 8; 0: in process)")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     add_weights_dir(p)
     add_device(p)
