@@ -10,8 +10,9 @@ torch's fused optimizers, which write without bumping the version, are covered i
 Tracing, compiling and exporting always see plain ``F.linear``.
 
 Memory: where the plain weight still lies untouched in a memory-mapped weights file (how the zoo
-loads), its pages are handed back to the OS once packed (``MADV_PAGEOUT``): the tensor stays valid and
-exact, and any later read brings the pages back from the file. So resident memory after the first
+loads), its pages are dropped from the process once packed (``MADV_DONTNEED``, only when no page was
+written since it was mapped): the tensor stays valid and exact, and any later read maps the pages again
+from the file. So resident memory after the first
 inference stays about one copy of the weights. A weight in ordinary memory (built, converted or trained
 in memory) is held twice while packed.
 """
@@ -65,7 +66,7 @@ try:  # glibc keeps freed heap pages mapped; malloc_trim hands them back (elsewh
 except (OSError, AttributeError, TypeError):
     _malloc_trim = None
 
-_MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim these pages now; never loses data (a written page stays)
+_MADV_DONTNEED = 4  # unmap: a file page comes back from the file on the next read, a written page would be lost
 _madvise = None
 if sys.platform.startswith("linux"):
     try:
@@ -96,15 +97,17 @@ def _file_pages(start: int, end: int) -> bool:
 
 
 def _hand_back_file_pages(t: torch.Tensor) -> None:
-    """If ``t``'s bytes are unwritten pages of a file mapping, let the OS reclaim them (they come back
-    from the file, unchanged, on the next read); a tensor in ordinary memory is left alone."""
+    """If ``t``'s bytes are unwritten pages of a file mapping, drop them from this process's memory (the
+    next read maps them again from the file, unchanged; the OS keeps or reclaims its cached copy as with
+    any file); a tensor in ordinary memory, or with any page written since it was mapped, is left alone.
+    (Unlike ``MADV_PAGEOUT``, this also works on pages of a file written moments ago, not yet on disk.)"""
     if _madvise is None:
         return
     ptr, size = t.data_ptr(), t.numel() * t.element_size()
     start = -(-ptr // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the tensor only
     end = (ptr + size) // mmap.PAGESIZE * mmap.PAGESIZE
     if end > start and _file_pages(start, end):
-        _madvise(start, end - start, _MADV_PAGEOUT)
+        _madvise(start, end - start, _MADV_DONTNEED)
 
 
 # --------------------------------------------------------------------------- the packed copies
