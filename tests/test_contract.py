@@ -406,11 +406,13 @@ def test_jit_trace_after_one_cpu_inference():
     net = build("spatial").eval()
     with torch.no_grad():
         want = net(image(0))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.no_grad():  # no gradients: where packing would run
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(net, image(0), check_trace=False)
     with torch.no_grad():
         assert_close(traced(image(0)), want, "traced net")
+        net.blocks[0].mlp.fc1.weight.mul_(3.0)  # a trace shares the module's parameters: it must follow them
+        assert_close(traced(image(1)), reference(net)(image(1)), "traced net after a weight change")
 
 
 @pytestmark_packing
