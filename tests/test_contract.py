@@ -23,7 +23,14 @@ import torch
 import torch.distributed as dist
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from torch import nn
 
 import zoo
@@ -327,7 +334,7 @@ def run_contract(examples: int, steps: int) -> None:
 
 def test_contract_state_machine():
     """A bounded, seeded run in the default suite."""
-    run_contract(int(os.environ.get("ZOO_CONTRACT_EXAMPLES", 20)), 15)
+    run_contract(int(os.environ.get("ZOO_CONTRACT_EXAMPLES", "20")), 15)
 
 
 @pytest.mark.slow
