@@ -154,7 +154,7 @@ def test_training_step_then_inference_matches_a_fresh_net(float32_packing):
     net.eval()
     with torch.no_grad():
         out = net(x)
-        assert any(m.weight.is_mkldnn for m in net.modules() if isinstance(m, Linear))
+        assert any(zoo.nets.packing.is_packed(m) for m in net.modules() if isinstance(m, Linear))
     fresh = net_of()
     fresh.load_state_dict(net.state_dict())
     with torch.no_grad():

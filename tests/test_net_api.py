@@ -1,5 +1,6 @@
 """The net's public surface: parameter counts, dense features, heads, dtypes, gradients, input errors."""
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -74,6 +75,22 @@ def test_detection_features_bad_layers():
         net.detection_features(x, layers=[12])
     with pytest.raises(ValueError, match="at least one"):
         net.detection_features(x, layers=[])
+    with pytest.raises(TypeError, match="block index or a sequence"):
+        net.detection_features(x, layers=2.0)
+
+
+def test_detection_features_numpy_and_torch_indices():
+    """numpy and torch integers, alone or in arrays, name blocks as ints do (issue 21)."""
+    net = zoo.create_model(TINY)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        want = net.detection_features(x, layers=[3, 1])
+        for layers in (np.array([3, 1]), torch.tensor([3, -11]), [np.int64(3), np.int32(1)]):
+            got = net.detection_features(x, layers=layers)
+            assert list(got) == ["block3", "block1"] and all(torch.equal(got[k], want[k]) for k in got)
+        one = net.detection_features(x, layers=np.int64(3))
+        assert list(one) == ["block3"] and torch.equal(one["block3"], want["block3"])
+        assert list(net.detection_features(x, layers=torch.tensor(-1))) == ["block11"]
 
 
 def test_clip_embedding_and_head():

@@ -28,7 +28,7 @@ class OptimizedNet:
         self._eager = getattr(net, method)
         self.compiled = use_compile
         if self.compiled:
-            set_packing(net, False)  # the graph's own frozen copies; eager calls stay on plain weights
+            set_packing(net, False)  # the graph holds its own frozen, packed weights: no second packed copy
             try:
                 # dynamic=False: a static graph per input shape (torch keeps up to
                 # torch._dynamo.config.recompile_limit of them, then runs eager).
@@ -49,9 +49,7 @@ class OptimizedNet:
         with torch.no_grad():
             if not self.compiled:
                 return self._eager(x)
-            p = self.net.patch_embed.weight
-            gh, gw = self.net._grid(x)  # validates the input with the net's own error messages
-            self.net.rope_tables(gh, gw, p.device, p.dtype)  # build eagerly: no recompile on the cache fill
+            self.net._grid(x)  # validates the input with the net's own error messages
             try:
                 return self._fn(x)
             except Exception as err:  # compiler missing or failing: eager is still right
@@ -66,7 +64,7 @@ def optimize(net: PEViT, *, method: str = "forward", mode: Mode = "auto") -> Opt
     runs on oneDNN-packed weights with fused GELU and residual adds (float32 on Intel CPUs: MKL's
     sgemm, see ``Linear.pack_float32``). ``mode="auto"``: eager on CPU (inductor's frozen graph was
     slower on an AMD EPYC and about 4% faster in float32 on an Intel Xeon, not worth its compile time
-    and second copy of the weights; README "Speed"), compile elsewhere (CUDA). Puts the net in eval
+    and second copy of the weights; docs/speed.md), compile elsewhere (CUDA). Puts the net in eval
     mode; gradients are off inside the callable. Move the net to its device and dtype first.
     """
     if not isinstance(net, PEViT):

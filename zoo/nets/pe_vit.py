@@ -7,17 +7,16 @@ interleaved RoPE on q/k -> (Core) ln_post and 8-head attention pooling.
 
 from __future__ import annotations
 
-import ctypes
-import platform
-import weakref
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils import _pytree as pytree
 from torch.utils.checkpoint import checkpoint
+
+from zoo.nets.packing import Linear, set_packing
 
 
 @dataclass(frozen=True)
@@ -68,165 +67,15 @@ class PEConfig:
         return cls(**data)
 
 
-# oneDNN's packed-weight linear (what inductor's freezing uses): 15-30% faster than addmm on CPU.
-_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-def _cpu_vendor() -> str:
-    """The CPU's vendor string ("GenuineIntel", "AuthenticAMD", ...), or ``platform.processor()`` off Linux."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _float32_packing_pays() -> bool:
-    """Whether float32 linears should run on oneDNN-packed weights rather than plain ``F.linear``.
-
-    Plain float32 ``F.linear`` is MKL's sgemm. On Intel CPUs that beats oneDNN's packed float32 kernel
-    (an AMX Xeon, 577 rows: 291 against 235 GFLOP/s median, ``benchmarks/matmul.py``); MKL is Intel's own
-    library and takes generic paths on other vendors' CPUs, where the packed path was the faster one
-    (AMD EPYC, README "Speed"). bfloat16 always packs: oneDNN is torch's bfloat16 kernel either way.
-    """
-    return not (torch.backends.mkl.is_available() and "intel" in _cpu_vendor().lower())
-
-
 # True while ``torch.export`` (and so ``torch.onnx.export``) traces, when sizes may be symbolic (older torch: never).
 _exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+_ROPE_CACHE_SIZE = 8  # RoPE tables kept per net (grid, device, dtype): a few input sizes in turn
 
 
 def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent channel pairs (a, b) -> (a cos - b sin, b cos + a sin); ``sin`` carries the signs."""
     swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
     return torch.addcmul(x * cos, swapped, sin)
-
-
-class _PackedWeight(nn.Parameter):
-    """A ``Linear`` weight in oneDNN's packed layout, held by the weight's own ``Parameter`` object.
-
-    Only ``Linear.forward`` computes with it. Any other use (reading, writing, ``.data``, ``copy_``,
-    an optimizer, ``state_dict``, ``.to``) first turns the parameter back into a plain tensor in
-    place, then runs: the values live in one place only, so nothing can read a stale copy.
-    Metadata (shape, dtype, device, ``requires_grad``, ``grad``) is answered without unpacking.
-    """
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        if func in _METADATA:
-            with torch._C.DisableTorchFunctionSubclass():
-                return func(*args, **(kwargs or {}))
-        for a in pytree.tree_leaves((args, kwargs)):
-            if type(a) is _PackedWeight:
-                _unpack(a)
-        return func(*args, **(kwargs or {}))
-
-    def __deepcopy__(self, memo: dict) -> nn.Parameter:
-        _unpack(self)
-        return self.__deepcopy__(memo)
-
-    def __reduce_ex__(self, proto: Any) -> Any:
-        _unpack(self)
-        return self.__reduce_ex__(proto)
-
-
-_T = torch.Tensor
-_METADATA = frozenset({
-    _T.shape.__get__, _T.dtype.__get__, _T.device.__get__, _T.layout.__get__, _T.requires_grad.__get__,
-    _T.grad.__get__, _T.is_leaf.__get__, _T.is_mkldnn.__get__, _T.size, _T.dim, _T.numel, _T.nelement,
-    _T.ndim.__get__, _T.is_cuda.__get__,
-})
-
-
-def _swap(param: torch.Tensor, value: torch.Tensor, cls: type) -> None:
-    """Give ``param`` the contents ``value`` and the class ``cls`` in place (same object, attributes kept)."""
-    with torch._C.DisableTorchFunctionSubclass():
-        attrs = param.__dict__
-        torch.utils.swap_tensors(param, cls(value, requires_grad=param.requires_grad))
-        param.__dict__ = attrs
-
-
-try:  # glibc keeps freed heap pages mapped; malloc_trim hands them back (elsewhere: nothing to do)
-    _malloc_trim = ctypes.CDLL(None).malloc_trim
-except (OSError, AttributeError, TypeError):
-    _malloc_trim = None
-
-
-def _release_freed_memory() -> None:
-    if _malloc_trim is not None:
-        _malloc_trim(0)
-
-
-def _unpack(param: _PackedWeight) -> None:
-    with torch._C.DisableTorchFunctionSubclass(), torch.no_grad():
-        _swap(param, param.to_dense(), nn.Parameter)
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` whose weight is packed in place for oneDNN on CPU inference.
-
-    Same parameters and state dict as ``nn.Linear``. On the first no-grad CPU call (float32 or
-    bfloat16) the weight parameter *becomes* its oneDNN-packed form (same ``Parameter`` object, no
-    second copy); any use of it other than this layer's no-grad CPU matmul turns it back into a plain
-    tensor first (see ``_PackedWeight``), and the next no-grad call packs it again. So a packed weight
-    is never stale and never doubles the memory. A call that needs gradients always runs plain
-    ``F.linear``. Set ``Linear.pack = False`` (here or on one module) to keep plain ``F.linear``. An
-    optional exact (erf) GELU and a residual add are fused into the matmul.
-
-    ``Linear.pack_float32`` says whether float32 weights pack at all; its default is what measured
-    faster on this kind of CPU (``_float32_packing_pays``: off on Intel CPUs, where plain ``F.linear``
-    is MKL's faster sgemm; on elsewhere). bfloat16 weights pack whenever ``pack`` is on.
-    """
-
-    pack = True
-    pack_float32 = _float32_packing_pays()
-
-    def _packable(self, x: torch.Tensor, w: torch.Tensor) -> bool:
-        return not (
-            torch.compiler.is_compiling()  # compiled graphs pack their own weights (inductor freezing)
-            or torch.jit.is_tracing()
-            or not (_ONEDNN and self.pack)
-            or x.device.type != "cpu"
-            or x.dtype != w.dtype
-            or w.dtype not in (torch.float32, torch.bfloat16)
-            or (w.dtype == torch.float32 and not self.pack_float32)
-            or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
-            or w.grad is not None  # mid-step (backward done, optimizer step to come): leave it plain
-        )
-
-    def forward(self, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
-        w, bias = self.weight, self.bias
-        packable = self._packable(x, w)
-        if packable and type(w) is not _PackedWeight and not weakref.getweakrefs(w):
-            try:
-                with torch.no_grad():
-                    _swap(w, torch.ops.mkldnn._reorder_linear_weight(w.detach(), x.numel() // x.shape[-1]), _PackedWeight)
-            except RuntimeError:  # the plain weight is held elsewhere (e.g. by an autograd graph): stay plain
-                pass
-            else:
-                _release_freed_memory()  # the plain weight's pages, which the C allocator might keep
-        if not (packable and type(w) is _PackedWeight):
-            y = F.linear(x, w, bias)  # unpacks a packed weight first
-            y = F.gelu(y) if gelu else y
-            return y if residual is None else residual + y
-        with torch._C.DisableTorchFunctionSubclass():
-            if residual is not None and not gelu:
-                return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, bias, "add")
-            y = torch.ops.mkldnn._linear_pointwise(x, w, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
-        return y if residual is None else residual + y
-
-
-def set_packing(module: nn.Module, enabled: bool) -> None:
-    """Turn in-place weight packing on or off for every ``Linear`` in ``module`` (off: packed weights
-    become plain tensors now). Compiled or exported graphs need plain weights that stay plain."""
-    for m in module.modules():
-        if isinstance(m, Linear):
-            m.pack = enabled
-            if not enabled and type(m.weight) is _PackedWeight:
-                _unpack(m.weight)
 
 
 @torch.no_grad()
@@ -449,26 +298,34 @@ class PEViT(nn.Module):
 
     def rope_tables(self, gh: int, gw: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin tables [N, head_dim] (one value per channel, pairs interleaved) for a
-        (gh, gw) grid, built once per grid, device and dtype (inside the graph, uncached, under
-        ``torch.export``, where the grid may be symbolic)."""
+        (gh, gw) grid. Kept for the last few grids, devices and dtypes used, always as normal tensors
+        (never inference tensors, so a later training step can use them); computed inside the graph,
+        uncached, while compiling or exporting (where the grid may be symbolic)."""
+        if torch.compiler.is_compiling() or _exporting():
+            return self._rope(gh, gw, device, dtype)
         key = (gh, gw, device, dtype)
-        if _exporting() or key not in self._rope_cache:
-            hd = self.embed_dim // self.cfg.heads
-            quarter = hd // 4
-            freqs = self.cfg.rope_theta ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
-            ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-            off = self.cfg.num_prefix_tokens
-            pos = torch.stack([xs.flatten(), ys.flatten()], dim=1).to(torch.float64) + off
-            if off:
-                pos = torch.cat([torch.zeros(1, 2, dtype=torch.float64), pos])
-            angles = torch.cat([pos[:, :1] * freqs, pos[:, 1:] * freqs], dim=1)  # x angles, then y angles
-            cos = angles.cos().repeat_interleave(2, dim=1)
-            sin = torch.stack([-angles.sin(), angles.sin()], dim=-1).flatten(1)  # (a, b) -> (-b sin, a sin)
-            tables = (cos.to(device, dtype), sin.to(device, dtype))
-            if _exporting():
-                return tables
-            self._rope_cache[key] = tables
-        return self._rope_cache[key]
+        tables = self._rope_cache.pop(key, None)
+        if tables is None:
+            with torch.inference_mode(False), torch.no_grad():
+                tables = self._rope(gh, gw, device, dtype)
+            while len(self._rope_cache) >= _ROPE_CACHE_SIZE:
+                del self._rope_cache[next(iter(self._rope_cache))]  # the least recently used
+        self._rope_cache[key] = tables
+        return tables
+
+    def _rope(self, gh: int, gw: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        hd = self.embed_dim // self.cfg.heads
+        quarter = hd // 4
+        freqs = self.cfg.rope_theta ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
+        ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+        off = self.cfg.num_prefix_tokens
+        pos = torch.stack([xs.flatten(), ys.flatten()], dim=1).to(torch.float64) + off
+        if off:
+            pos = torch.cat([torch.zeros(1, 2, dtype=torch.float64), pos])
+        angles = torch.cat([pos[:, :1] * freqs, pos[:, 1:] * freqs], dim=1)  # x angles, then y angles
+        cos = angles.cos().repeat_interleave(2, dim=1)
+        sin = torch.stack([-angles.sin(), angles.sin()], dim=-1).flatten(1)  # (a, b) -> (-b sin, a sin)
+        return cos.to(device, dtype), sin.to(device, dtype)
 
     def _pos_embed(self, gh: int, gw: int) -> torch.Tensor:
         G = self.cfg.grid
@@ -525,34 +382,42 @@ class PEViT(nn.Module):
     def _to_map(self, tokens: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
         return tokens[:, self.cfg.num_prefix_tokens :].transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], gh, gw)
 
-    def detection_features(self, x: torch.Tensor, layers: list[int] | None = None) -> dict[str, torch.Tensor]:
+    def detection_features(self, x: torch.Tensor, layers: int | Iterable[int] | None = None) -> dict[str, torch.Tensor]:
         """Dense feature maps [B, W, H/P, W/P].
 
         Without ``layers``: ``{"neck": ...}`` from the final tokens (as ``forward_features``).
-        With ``layers`` (block indices, negatives count from the end): ``{"block{i}": ...}``,
-        the raw output of each requested block; only the blocks needed are run.
+        With ``layers`` (a block index or a sequence of them, numpy and torch integers too; negatives
+        count from the end): ``{"block{i}": ...}``, the raw output of each requested block; only the
+        blocks needed are run.
         """
         if layers is None:
             tokens, _, (gh, gw) = self._tokens(x)
             return {"neck": self._to_map(self.norm_post(tokens), gh, gw)}
         depth = len(self.blocks)
-        if not layers:
-            raise ValueError(f"layers must name at least one block index in [-{depth}, {depth - 1}]")
+        if not isinstance(layers, bool) and hasattr(layers, "__index__") and getattr(layers, "ndim", 0) == 0:
+            layers = [layers]  # one index: an int, a numpy or torch integer
+        elif isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+            raise TypeError(f"layers must be a block index or a sequence of them, got {type(layers).__name__} {layers!r}")
         wanted = []
         for i in layers:
             i = _index(i, "each layer")
             if not -depth <= i < depth:
                 raise ValueError(f"layer {i} is out of range: this model has {depth} blocks, valid indices are [-{depth}, {depth - 1}]")
             wanted.append(i % depth)
+        if not wanted:
+            raise ValueError(f"layers must name at least one block index in [-{depth}, {depth - 1}]")
         _, taps, (gh, gw) = self._tokens(x, set(wanted))
         return {f"block{i}": self._to_map(taps[i], gh, gw) for i in wanted}
 
 
 def _index(value: Any, what: str) -> int:
     """An integral number (int, numpy integer, integral float refused) as an int, else a TypeError."""
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"{what} must be an integer, got {type(value).__name__} {value!r}")
-    return value.__index__()
+    try:
+        if not isinstance(value, bool):
+            return value.__index__()
+    except (AttributeError, TypeError, ValueError, RuntimeError):  # RuntimeError: a torch tensor of several values
+        pass
+    raise TypeError(f"{what} must be an integer, got {type(value).__name__} {value!r}")
 
 
 __all__ = ["PEConfig", "PEViT", "set_packing"]
