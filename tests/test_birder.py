@@ -369,3 +369,20 @@ def test_birder_checkpoint_round_trip(hub, tmp_path):
     net.eval()
     with torch.no_grad():
         assert torch.equal(loaded(x), net(x)) and loaded(x).shape == (1, 5)
+
+
+def test_birder_options_on_zoo_networks():
+    """birder's own options work on the plugin's nets (issue 21): no crash on a repeated stage, checkpointing, head options."""
+    with pytest.raises(ValueError, match="same block twice"):
+        registry.net_factory("rope_i_vit_t16_pn_aps_c1_pe-core", 0, config={"out_indices": [-1, 11]}, size=(64, 64))
+    n = registry.net_factory("rope_i_vit_t16_pn_aps_c1_pe-core", 3, config={"mlp_head": True, "head_bias": False}, size=(64, 64))
+    assert isinstance(n.classifier, torch.nn.Sequential) and n.classifier[-1].bias is None
+    calls = []
+    for blk in n.body.blocks:
+        blk.register_forward_pre_hook(lambda *_: calls.append(1))
+    n.set_grad_checkpointing()
+    n.train()
+    n(torch.rand(2, 3, 64, 64)).sum().backward()
+    assert len(calls) == 2 * len(n.body.blocks)  # each block ran again in the backward pass
+    with pytest.raises(ValueError, match="segments"):
+        n.set_grad_checkpointing(segments=2)

@@ -12,11 +12,9 @@ native grid on the fly (Meta's rule), so ``adjust_size`` changes no tensor.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import logging
 import os
-from collections.abc import Iterator
+
 from dataclasses import fields
 from typing import Any, ClassVar
 
@@ -30,10 +28,9 @@ except ModuleNotFoundError as e:  # only birder itself missing gets the one-line
     raise ImportError("zoo.birder needs birder: pip install 'pe-zoo[birder]'") from None
 
 import torch
-from torch import nn
 
 from zoo.loader import load_entry
-from zoo.nets.pe_vit import Linear, PEConfig, PEViT
+from zoo.nets.pe_vit import PEConfig, PEViT
 from zoo.registry import Entry, get_entry, list_pretrained_models
 
 logger = logging.getLogger("zoo")
@@ -41,7 +38,7 @@ logger = logging.getLogger("zoo")
 # PEConfig fields a birder config carries (the CLIP projection is not part of a birder backbone:
 # like birder's own PE weights, the net ends at the pooled embedding).
 _ARCH_KEYS = tuple(f.name for f in fields(PEConfig) if f.name != "clip_dim")
-_EXTRA_KEYS = ("out_indices",)  # birder's multi-stage detection option
+_EXTRA_KEYS = ("out_indices", "mlp_head", "head_bias")  # birder's multi-stage detection and classifier-head options
 
 
 def _pe_config(config: dict[str, Any]) -> PEConfig:
@@ -49,26 +46,6 @@ def _pe_config(config: dict[str, Any]) -> PEConfig:
     if unknown:
         raise ValueError(f"unknown config key(s) {unknown} for a PE network; known: {sorted(_ARCH_KEYS + _EXTRA_KEYS)}")
     return PEConfig.from_dict({k: config[k] for k in _ARCH_KEYS if k in config})
-
-
-@contextlib.contextmanager
-def _plain_linears_when_tracing(module: nn.Module) -> Iterator[None]:
-    """Inside ``torch.jit.trace`` the zoo's CPU-packed matmuls cannot be recorded: use ``F.linear`` there."""
-    if not torch.jit.is_tracing():
-        yield
-        return
-    linears = [m for m in module.modules() if isinstance(m, Linear)]
-    saved = [m.__dict__.get("pack") for m in linears]
-    for m in linears:
-        m.pack = False
-    try:
-        yield
-    finally:
-        for m, old in zip(linears, saved):
-            if old is None:
-                del m.pack
-            else:
-                m.pack = old
 
 
 class PEBirderNet(DetectorBackbone):
@@ -102,6 +79,11 @@ class PEBirderNet(DetectorBackbone):
         self.patch_size = cfg.patch_size
         self.num_special_tokens = cfg.num_prefix_tokens
         self.out_indices: list[int] | None = normalize_out_indices(self.config.get("out_indices"), cfg.depth)
+        if self.out_indices is not None and len(set(self.out_indices)) != len(self.out_indices):
+            raise ValueError(
+                f"out_indices {self.config['out_indices']} name the same block twice (a model of {cfg.depth} blocks: "
+                f"{self.out_indices}); give each stage once"
+            )
         if self.out_indices is None:
             self.return_stages = ["neck"]
         else:
@@ -115,17 +97,6 @@ class PEBirderNet(DetectorBackbone):
     def _check_size(size: tuple[int, int], patch: int) -> None:
         if not all(isinstance(s, int) and s > 0 and s % patch == 0 for s in size):
             raise ValueError(f"input size {tuple(size)} must be positive multiples of the patch size {patch}")
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> "PEBirderNet":
-        # the zoo's Linear caches an opaque oneDNN-packed weight that cannot be copied; drop the
-        # caches (rebuilt on the next CPU inference call) and copy the rest as usual
-        for m in self.body.modules():
-            if isinstance(m, Linear):
-                m.__dict__.pop("_packed", None)
-        new = self.__class__.__new__(self.__class__)
-        memo[id(self)] = new
-        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
-        return new
 
     # ------------------------------------------------------------ contract
     def reset_classifier(self, num_classes: int) -> None:
@@ -149,27 +120,32 @@ class PEBirderNet(DetectorBackbone):
         super().strip_for_forward_features()
         self.body.attn_pool = None
 
+    def set_grad_checkpointing(
+        self, enable: bool = True, *, segments: int | None = None, preserve_rng_state: bool = True, use_reentrant: bool = False,
+    ) -> None:
+        """Recompute each block's activations in the backward pass (the zoo net's own checkpointing, per block)."""
+        if segments is not None or use_reentrant:
+            raise ValueError("zoo networks checkpoint every block, non-reentrant; segments and use_reentrant are not taken")
+        self.body.set_grad_checkpointing(enable)
+
     def strip_for_detection_features(self) -> None:
         super().strip_for_detection_features()
         self.body.attn_pool = None
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """All tokens [B, N, W] (special tokens first), after ln_post where the model has it."""
-        with _plain_linears_when_tracing(self.body):
-            return self.body.forward_features(x)
+        return self.body.forward_features(x)
 
     def flatten_features(self, features: torch.Tensor, include_special_tokens: bool = True) -> torch.Tensor:
         return features if include_special_tokens else features[:, self.num_special_tokens :]
 
     def embedding_from_features(self, features: torch.Tensor) -> torch.Tensor:
-        with _plain_linears_when_tracing(self.body):
-            return self.body.pool(features)
+        return self.body.pool(features)
 
     def detection_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        with _plain_linears_when_tracing(self.body):
-            if self.out_indices is None:
-                return self.body.detection_features(x)
-            maps = self.body.detection_features(x, layers=self.out_indices)
+        if self.out_indices is None:
+            return self.body.detection_features(x)
+        maps = self.body.detection_features(x, layers=self.out_indices)
         return {name: maps[name] for name in self.return_stages}
 
     def freeze_stages(self, up_to_stage: int) -> None:
