@@ -254,7 +254,7 @@ def test_a_window_without_frames_is_covered_by_the_one_before(videos):
 def test_search_json_gives_start_and_end(videos, segmented, capsys):
     capsys.readouterr()
     assert main(["search", str(segmented[0]), "--image", str(videos / "still.png"), "--json", "-k", "20"]) == 0
-    hits = json.loads(capsys.readouterr().out)
+    hits = json.loads(capsys.readouterr().out)["hits"]
     records = zoo.read_row_info(segmented[0])
     assert len(hits) == len(records) and hits[0]["path"].endswith("still.png") and "start" not in hits[0]
     for h in hits:

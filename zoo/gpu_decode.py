@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -112,4 +113,62 @@ def decode_batch(items: list, paths, size: tuple[int, int], rgb_stats: dict, dev
     return items
 
 
-__all__ = ["JPEG_MAGIC", "decode_batch", "decode_jpegs", "decode_video", "read_jpeg", "resize_normalize", "torchcodec_decoder"]
+def prefetch_decoded(batches: Iterator[list], paths, size: tuple[int, int], rgb_stats: dict, device: torch.device,
+                     transform, depth: int = 2) -> Iterator[list]:
+    """``decode_batch`` of each batch, done up to ``depth`` batches ahead in a thread (on its own CUDA stream on a
+    GPU), so that decoding the next batches overlaps the model's work on this one. Order is kept; an error in
+    the thread is raised here."""
+    import queue
+    import threading
+
+    cuda = torch.device(device).type == "cuda"
+    side = torch.cuda.Stream(device) if cuda else None
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for items in batches:
+                if stop.is_set():
+                    return
+                if cuda:
+                    with torch.cuda.stream(side):
+                        items = decode_batch(items, paths, size, rgb_stats, device, transform)
+                    event = torch.cuda.Event()
+                    event.record(side)
+                else:
+                    items, event = decode_batch(items, paths, size, rgb_stats, device, transform), None
+                ready.put((items, event, None))
+        except BaseException as e:  # noqa: BLE001 -- raised again in the consumer
+            ready.put((None, None, e))
+            return
+        ready.put((done, None, None))
+
+    thread = threading.Thread(target=work, name="zoo-gpu-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            items, event, error = ready.get()
+            if error is not None:
+                raise error
+            if items is done:
+                return
+            if event is not None:  # the model's stream waits for the decode; its tensors are now used there too
+                main = torch.cuda.current_stream(device)
+                main.wait_event(event)
+                for item in items:
+                    if isinstance(item[1], torch.Tensor):
+                        item[1].record_stream(main)
+            yield items
+    finally:
+        stop.set()
+        while thread.is_alive():  # let a blocked producer finish its put
+            try:
+                ready.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
+
+
+__all__ = ["JPEG_MAGIC", "decode_batch", "prefetch_decoded", "decode_jpegs", "decode_video", "read_jpeg", "resize_normalize", "torchcodec_decoder"]

@@ -121,12 +121,13 @@ def embed_media_shards(run, paths, shards, out: Path, base: int, shard_size: int
     good: list[str] = []
     records: list[dict | None] = []
     bad: list[tuple[str, str]] = []
-    with tqdm(total=sum(map(len, batches)), unit="file", disable=not progress, desc="embed", smoothing=0.1) as bar:
-        for items, s in zip(loader, owners):
-            if size is not None:
-                from zoo.gpu_decode import decode_batch
+    decoded = iter(loader)
+    if size is not None:  # device decoding runs one batch ahead, in a thread, overlapping the model's batch
+        from zoo.gpu_decode import prefetch_decoded
 
-                items = decode_batch(items, paths, size, rgb_stats, dev, transform)
+        decoded = prefetch_decoded(decoded, paths, size, rgb_stats, dev, transform)
+    with tqdm(total=sum(map(len, batches)), unit="file", disable=not progress, desc="embed", smoothing=0.1) as bar:
+        for items, s in zip(decoded, owners):
             items_ok = [it for it in items if it[1] is not None]
             bad.extend((paths[i], reason) for i, x, _, reason in items if x is None)
             if items_ok:
