@@ -158,7 +158,7 @@ def prefetch_decoded(batches: Iterator[list], paths, size: tuple[int, int], rgb_
                 main = torch.cuda.current_stream(device)
                 main.wait_event(event)
                 for item in items:
-                    if isinstance(item[1], torch.Tensor):
+                    if isinstance(item[1], torch.Tensor) and item[1].is_cuda:
                         item[1].record_stream(main)
             yield items
     finally:
