@@ -294,8 +294,11 @@ def test_published_results_registry_and_cards():
     k400 = [published_results(f"rope_i_vit_{v}_pn_aps_c1_pe-core")["results"] for v in ("b16", "l14")]
     assert [r["kinetics-400"] for r in k400] == [65.6, 73.4] and k400[0]["msr-vtt-t2v"] == 47.6  # issue 24's figures
     assert zoo.published_results is published_results
-    for entry in load_registry().values():
-        assert entry.published and set(entry.published["results"]) <= set(DATASETS), entry.name
+    for entry in load_registry().values():  # Meta publishes no figures for the -Tiling releases
+        if not entry.variant.endswith("-Tiling"):
+            assert entry.published and set(entry.published["results"]) <= set(DATASETS), entry.name
+        else:
+            assert entry.published is None and published_results(entry.name)["results"] == {}
     card = render_card("rope_i_vit_l14_pn_aps_c1_pe-core")
     assert "| ImageNet-1k val | zero-shot top-1 % | 83.5 |" in card and l14["url"] in card
     text = registry_path().read_text()

@@ -27,7 +27,7 @@ def write_collection(out: Path, shards: list[np.ndarray], sha: str = "") -> None
             write_shard(out, s, rows, [f"img/{s}/{i}.jpg" for i in range(len(rows))], [])
     dim = shards[0].shape[1]
     settings = {"format": FORMAT, "model": "generated", "weights_sha256": sha, "what": "clip", "normalize": True,
-                "dtype": "float32", "size": [0, 0], "dim": dim, "store_dtype": "float16", "shard_size": 10_000,
+                "dtype": "float32", "size": [224, 224], "dim": dim, "store_dtype": "float16", "shard_size": 10_000,
                 "num_inputs": sum(map(len, shards)), "inputs_sha256": ""}
     write_manifest(out, settings, len(shards))
 

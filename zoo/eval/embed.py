@@ -52,12 +52,12 @@ class _Batches:
                                  pin_memory=torch.device(compute.device or "cpu").type == "cuda",
                                  prefetch_factor=4 if workers else None)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         for idx, x, errors in self.loader:
             if errors:
                 i, reason = errors[0]
                 raise ImageError(f"cannot read {self.paths[i]} ({reason}); fix or remove the file and run again")
-            yield x, self.labels[idx]
+            yield x, self.labels[idx], []  # zoo.finetune's batch form: images, labels, reasons for the unreadable
 
 
 def load_vision(name: str, compute: Compute) -> tuple[PEViT, ModelInfo]:
@@ -86,7 +86,7 @@ def embed_images(net: PEViT, info: ModelInfo, paths: Sequence[str], compute: Com
     ``clip=True``: projected into CLIP space (``net.clip_embedding``)."""
     transform = classification_transform(info.size, info.rgb_stats)
     device = torch.device(compute.device or "cpu")
-    rows, _ = _embed(net, _Batches(paths, range(len(paths)), transform, compute), device, desc, compute.progress)
+    rows, _ = _embed(net, _Batches(paths, range(len(paths)), transform, compute), device, desc, compute.progress, set())
     if clip:
         with torch.inference_mode():
             p = net.clip_proj.weight
