@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
+from tests.conftest import ARCHITECTURES
 from tests.oracle import timm_model, timm_name, unit_config
 from zoo.weights import meta_to_zoo
 from zoo.registry import get_entry
@@ -24,7 +25,7 @@ def timm_parameters(entry, num_classes):
     return sum(p.numel() for name, p in model.named_parameters() if name != "head.bias")
 
 
-@pytest.mark.parametrize("name", zoo.list_pretrained_models())
+@pytest.mark.parametrize("name", ARCHITECTURES)
 def test_parameter_counts_match_timm(name):
     """The vision tower, and for Core the tower with its CLIP projection, counted by timm (an independent oracle)."""
     entry = get_entry(name)
@@ -124,7 +125,7 @@ def test_training_mode_gradients_flow():
         assert p.grad is not None and p.grad.abs().sum() > 0, pname
 
 
-@pytest.mark.parametrize("name", zoo.list_pretrained_models())
+@pytest.mark.parametrize("name", ARCHITECTURES)
 def test_bfloat16_agrees_with_float32(name):
     _, cfg, _, net = loaded(name)
     x = torch.randn(1, 3, cfg.image_size, cfg.image_size)
