@@ -13,13 +13,14 @@ from zoo.nets.pe_vit import PEConfig
 from zoo.registry import Entry
 
 _SIZES = {"T": "tiny", "S": "small", "B": "base", "L": "large", "G": "gigantic"}
-UNIT_DEPTH = 2  # L/G towers are cut to this depth in unit tests
+UNIT_DEPTH = {"B": 4, "L": 2, "G": 1}  # B/L/G towers are cut to this depth in unit tests (T and S run at full depth)
 
 
 def unit_config(entry: Entry) -> PEConfig:
-    """The entry's config, at reduced depth for L/G so unit tests stay fast."""
+    """The entry's config, at reduced depth for B/L/G so unit tests stay fast and lean."""
     cfg = entry.config
-    return dataclasses.replace(cfg, depth=UNIT_DEPTH) if entry.variant[0] in "LG" else cfg
+    size = entry.variant[0]
+    return dataclasses.replace(cfg, depth=UNIT_DEPTH[size]) if size in UNIT_DEPTH else cfg
 
 
 def timm_name(entry: Entry) -> str:

@@ -60,10 +60,10 @@ def files_in(folder):
 @pytest.mark.parametrize("name", zoo.list_pretrained_models())
 def test_round_trip_matches_timm(name, tmp_path, capsys):
     entry = get_entry(name)
-    reduced = entry.variant[0] in "LG"
     cfg = unit_config(entry)
+    reduced = cfg.depth != entry.config.depth
     src, vision = meta_file(tmp_path / "meta.pt", entry, cfg, seed=5)
-    if reduced:  # L/G at unit depth: no CLI variant has that architecture, so call the library directly
+    if reduced:  # B/L/G at unit depth: no CLI variant has that architecture, so call the library directly
         result = convert_checkpoint(dataclasses.replace(entry, config=cfg), src, tmp_path / "out")
         out = result.path
     else:
