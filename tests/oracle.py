@@ -13,11 +13,11 @@ from zoo.nets.pe_vit import PEConfig
 from zoo.registry import Entry
 
 _SIZES = {"T": "tiny", "S": "small", "B": "base", "L": "large", "G": "gigantic"}
-UNIT_DEPTH = {"B": 4, "L": 2, "G": 1}  # B/L/G towers are cut to this depth in unit tests (T and S run at full depth)
+UNIT_DEPTH = {"S": 6, "B": 4, "L": 2, "G": 1}  # towers cut to this depth in unit tests (T runs at full depth)
 
 
 def unit_config(entry: Entry) -> PEConfig:
-    """The entry's config, at reduced depth for B/L/G so unit tests stay fast and lean."""
+    """The entry's config, at reduced depth for S/B/L/G so unit tests stay fast and lean."""
     cfg = entry.config
     size = entry.variant[0]
     return dataclasses.replace(cfg, depth=UNIT_DEPTH[size]) if size in UNIT_DEPTH else cfg
