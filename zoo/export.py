@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from zoo.fileio import pid_alive
 from zoo.nets.pe_vit import PEViT, set_packing
 from zoo.nets.text import PEText
-from zoo.weights.writer import _pid_alive
 
 log = logging.getLogger("zoo")
 
@@ -184,7 +184,7 @@ def remove_stale_staging(path: Path) -> list[Path]:
     removed = []
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         pid = tmp.name[len(path.name) + 2:].split(".")[0]
-        if tmp.is_dir() and not tmp.is_symlink() and pid.isdigit() and not _pid_alive(int(pid)):
+        if tmp.is_dir() and not tmp.is_symlink() and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
             removed.append(tmp)
             log.info("removed %s, left by an interrupted export (process %s)", tmp, pid)

@@ -60,6 +60,32 @@ def create_temp(path: Path, suffix: str = ".partial") -> tuple[int, Path]:
     return fd, tmp
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (another user's, or a pid that cannot be asked about, counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def stale_temp(tmp: Path, pid: str) -> bool:
+    """Whether ``tmp``, a file ``create_temp`` made for process ``pid``, was left by a stopped writer: that process
+    is gone and no process holds the file's lock. A live writer's file is never stale."""
+    if not pid.isdigit() or pid_alive(int(pid)) or not tmp.is_file():
+        return False
+    try:
+        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return lock(fd, block=False)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[IO[bytes]], None], suffix: str = ".tmp") -> None:
     """Write ``path`` whole or not at all: ``data`` (text as UTF-8, bytes, or a ``write(file)`` callable) goes
     into a temporary file beside it, synced, then renamed over ``path``; on any failure the temporary goes."""
@@ -122,5 +148,5 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any] | None:
 
 __all__ = [
     "DTYPES", "SAFETENSORS_CODES", "SAFETENSORS_DTYPES", "atomic_write", "atomic_write_json", "create_temp", "dtype_name",
-    "file_sha256", "file_stamp", "lock", "read_sidecar", "sidecar_path", "write_sidecar",
+    "file_sha256", "file_stamp", "lock", "pid_alive", "read_sidecar", "sidecar_path", "stale_temp", "write_sidecar",
 ]

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-from zoo.fileio import atomic_write, lock
-from zoo.weights.writer import _pid_alive
+from zoo.fileio import atomic_write, stale_temp
 
 log = logging.getLogger("zoo")
 
@@ -93,17 +91,8 @@ def stale_temporaries(out: Path) -> list[Path]:
     stale = []
     for tmp in out.glob(f".*{TMP_SUFFIX}"):
         parts = tmp.name.split(".")
-        if len(parts) < 5 or not parts[-3].isdigit() or _pid_alive(int(parts[-3])) or not tmp.is_file():
-            continue
-        try:
-            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            if lock(fd, block=False):
-                stale.append(tmp)
-        finally:
-            os.close(fd)
+        if len(parts) >= 5 and stale_temp(tmp, parts[-3]):
+            stale.append(tmp)
     return stale
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from zoo.fileio import SAFETENSORS_CODES, create_temp, lock
+from zoo.fileio import SAFETENSORS_CODES, create_temp, stale_temp
 from zoo.weights.errors import OutputError
 
 log = logging.getLogger("zoo")
@@ -63,16 +63,6 @@ def build_header(specs: Sequence[TensorSpec], metadata: Mapping[str, str]) -> by
     return struct.pack("<Q", len(text)) + text
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):  # another user's process (or a nonsense pid): leave it
-        return True
-    return True
-
-
 def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
     """Delete the temporary files that interrupted writes of ``path`` left behind; return them.
 
@@ -83,19 +73,10 @@ def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
     removed = []
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
         pid = tmp.name[len(path.name) + 2:].split(".")[0]
-        if not pid.isdigit() or _pid_alive(int(pid)):
-            continue
-        try:
-            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            if lock(fd, block=False):
-                tmp.unlink(missing_ok=True)
-                removed.append(tmp)
-                log.info(f"removed {tmp}, left by an interrupted write (process {pid})")
-        finally:
-            os.close(fd)
+        if stale_temp(tmp, pid):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+            log.info(f"removed {tmp}, left by an interrupted write (process {pid})")
     return removed
 
 
