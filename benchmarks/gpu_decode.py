@@ -9,10 +9,14 @@ decode differences do not depend on the values) and its own inputs (photo-sized 
 1024x768; 720p H.264 clips when PyAV is installed). It writes ``benchmarks/results/gpu_decode.json``:
 
 - images: ``python -m zoo embed`` images/s with ``--gpu-decode`` (nvJPEG through torchvision, resize on
-  the GPU) and with ``--no-gpu-decode`` (PIL in DataLoader workers), against the model alone (the same
-  net, dtype and batch on preprocessed inputs already on the GPU); ratio = end to end / alone (goal >= 0.9);
-- the largest pixel difference (8-bit levels, after resizing) between GPU- and PIL-decoded inputs, and the
-  resulting embedding difference (float32 net: largest relative difference, smallest cosine);
+  the GPU) and with ``--no-gpu-decode`` (PIL in DataLoader workers, 8-bit pixels normalised on the GPU),
+  against the model alone (the same net, dtype and batch on preprocessed inputs already on the GPU);
+  ratio = the embedding loop's rate (its log line) / alone (goal >= 0.9); the steady rate, from the same
+  command on a few batches (fixed costs cancel); the whole command's seconds (Python, model load included);
+- the parts: the device decode alone in one process, and the DataLoader workers alone in each mode;
+- whether ``--no-gpu-decode`` inputs normalised on the GPU equal the CPU transform's to the bit; the largest
+  pixel difference (8-bit levels, after resizing) between GPU- and PIL-decoded inputs, and the resulting
+  embedding difference (float32 net: largest relative difference, smallest cosine);
 - videos (PyAV present): ``zoo embed`` videos/s (PyAV decoding in workers, 8 frames a video) against the
   model alone on those frames; torchcodec's CUDA decoder, when torchcodec is installed, timed on the same
   clips with its pixel difference to PyAV. Either part is skipped, and the JSON says so, when its library is absent.
@@ -24,6 +28,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,7 +44,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.results import summary, write_result  # noqa: E402
-from zoo.gpu_decode import decode_jpegs, read_jpeg, resize_normalize  # noqa: E402
 from zoo.loader import load_pretrained_model  # noqa: E402
 from zoo.nets.text import TextConfig  # noqa: E402
 from zoo.registry import find_entry  # noqa: E402
@@ -113,37 +117,135 @@ def model_alone(fn, x: torch.Tensor, total: int, batch: int, device: str, rounds
     return rates
 
 
-def zoo_embed(name: str, inputs: Path, out: Path, args, extra: list[str], env: dict[str, str]) -> float:
+def zoo_embed(name: str, inputs: list[Path], out: Path, args, extra: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """``python -m zoo embed`` over ``inputs``: (images/s of its embedding loop, from its log line; whole-process seconds)."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "zoo", "embed", name, str(inputs), "--out", str(out), "--batch-size", str(args.batch),
+    listing = out.parent / f"{out.name}-inputs.txt"
+    listing.write_text("".join(f"{p}\n" for p in inputs))
+    cmd = [sys.executable, "-m", "zoo", "embed", name, f"@{listing}", "--out", str(out), "--batch-size", str(args.batch),
            "--dtype", args.dtype, "--device", args.device, "--no-optimize", "--workers", str(args.workers), *extra]
+    t = time.perf_counter()
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    whole = time.perf_counter() - t
     if run.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{run.stderr[-3000:]}")
-    return float(RATE.search(run.stderr).group(3))
+    return float(RATE.search(run.stderr).group(3)), whole
+
+
+def decode_alone(paths: list[Path], info, args) -> list[float]:
+    """Images/s of the device decode in one process (bytes already read): nvJPEG, upright, resize, normalise."""
+    from zoo.gpu_decode import decode_jpegs, normalize, read_jpeg, resize_pixels
+
+    jpegs = [read_jpeg(p) for p in paths[:512]]
+    data = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d, _ in jpegs]
+    turns = [o for _, o in jpegs]
+    rates = []
+    for _ in range(3):
+        sync(args.device)
+        t = time.perf_counter()
+        for a in range(0, len(data), args.batch):
+            x = normalize(resize_pixels(decode_jpegs(data[a:a + args.batch], args.device, turns[a:a + args.batch]), info.size),
+                          info.rgb_stats)
+        sync(args.device)
+        rates.append(len(data) / (time.perf_counter() - t))
+    del x
+    return rates[1:]
+
+
+def _decode_share(job: tuple[list[Path], tuple[int, int], dict, str, int]) -> tuple[int, float]:
+    """In a fresh process: decode, upright and resize ``paths`` on the device in batches; (images, seconds)."""
+    from zoo.gpu_decode import decode_jpegs, read_jpeg, resize_pixels
+
+    paths, size, _, device, batch = job
+    jpegs = [read_jpeg(p) for p in paths]
+    data = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d, _ in jpegs]
+    resize_pixels(decode_jpegs(data[:batch], device), size)  # warm: the decoder's set-up
+    sync(device)
+    t = time.perf_counter()
+    for a in range(0, len(data), batch):
+        resize_pixels(decode_jpegs(data[a:a + batch], device, [o for _, o in jpegs[a:a + batch]]), size)
+    sync(device)
+    return len(data), time.perf_counter() - t
+
+
+def decode_processes(paths: list[Path], info, args, processes: int) -> float:
+    """Images/s of the device decode in ``processes`` processes at once (each its own nvJPEG state): does it scale?"""
+    import multiprocessing
+
+    share = paths[:512 * processes]
+    jobs = [(share[k::processes], tuple(info.size), info.rgb_stats, args.device, args.batch) for k in range(processes)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        done = pool.map(_decode_share, jobs)
+    return sum(n for n, _ in done) / max(t for _, t in done)
+
+
+def loader_alone(paths: list[Path], info, args, raw_jpeg: bool) -> float:
+    """Images/s of the DataLoader workers alone (what ``zoo embed`` on CUDA gets from them), nothing on the GPU."""
+    from torch.utils.data import DataLoader
+
+    from zoo.collection.media import MediaFiles, _collate
+    from zoo.gpu_decode import pixel_transform
+
+    batches = [list(range(a, min(a + args.batch, len(paths)))) for a in range(0, len(paths), args.batch)]
+    loader = DataLoader(MediaFiles([str(p) for p in paths], pixel_transform(info.size), raw_jpeg=raw_jpeg),
+                        batch_sampler=batches, num_workers=args.workers, collate_fn=_collate, prefetch_factor=4)
+    t = time.perf_counter()
+    n = sum(len(batch.items) for batch in loader)
+    return n / (time.perf_counter() - t)
 
 
 def image_part(name: str, paths: list[Path], folder: Path, tmp: Path, args, env) -> list[dict]:
+    from zoo.collection.media import MediaFiles, _collate
+    from zoo.gpu_decode import decode_batch, normalize, pixel_transform
+
     dtype = DTYPES[args.dtype]
     net, info = load_pretrained_model(name, inference=True, dtype=dtype, device=args.device, progress_bar=False)
     transform = classification_transform(info.size, info.rgb_stats)
     x = torch.stack([transform(Image.open(p)) for p in paths[:256]]).to(args.device, dtype)
-    alone, gpu, cpu = [], [], []
-    for _ in range(args.rounds):  # alternate, so that any drift hits all three alike
+    model = f"PE-Core {args.variant} {info.size[0]} px {args.dtype}"
+    common = {"part": "images", "model": model, "batch": args.batch, "workers": args.workers}
+    rows = [{**common, "case": "decode alone on the device (nvJPEG, upright, resize, normalise; one process)",
+             "images_per_s": summary(decode_alone(paths, info, args))}]
+    for k in (2, 4):
+        rows.append({**common, "case": f"decode alone on the device in {k} processes at once (upright, resize)",
+                     "images_per_s": summary([decode_processes(paths, info, args, k)])})
+    for raw, case in ((True, "DataLoader workers alone, --gpu-decode (read bytes and EXIF)"),
+                      (False, "DataLoader workers alone, --no-gpu-decode (PIL decode and resize to 8-bit pixels)")):
+        rows.append({**common, "case": case, "images": len(paths), "images_per_s": summary([loader_alone(paths, info, args, raw)])})
+    print(rows, flush=True)
+    few = paths[:args.batch * 4] if len(paths) > 8 * args.batch else paths[:len(paths) // 2]
+    alone, runs = [], {"--gpu-decode": ([], [], []), "--no-gpu-decode": ([], [], [])}
+    for r in range(args.rounds):  # alternate, so that any drift hits all alike
         alone += model_alone(net.embedding, x, len(paths), args.batch, args.device, 1)
-        gpu.append(zoo_embed(name, folder, tmp / "out", args, ["--gpu-decode"], env))
-        cpu.append(zoo_embed(name, folder, tmp / "out", args, ["--no-gpu-decode"], env))
+        for flag, (rates, wholes, marginal) in runs.items():
+            rate, whole = zoo_embed(name, paths, tmp / "out", args, [flag], env)
+            rates.append(rate)
+            wholes.append(whole)
+            if r == 0:  # the same command on a few batches: the fixed cost (workers starting, first batches)
+                small, _ = zoo_embed(name, few, tmp / "out", args, [flag], env)
+                seconds = len(paths) / rate - len(few) / small
+                marginal.append((len(paths) - len(few)) / seconds)
+    rows.append({**common, "case": "model alone", "images": len(paths), "images_per_s": summary(alone), "ratio_to_alone": None})
+    for flag, (rates, wholes, marginal) in runs.items():
+        rows.append({**common, "case": f"zoo embed {flag}", "images": len(paths), "images_per_s": summary(rates),
+                     "ratio_to_alone": summary([r / a for r, a in zip(rates, alone)]),
+                     "steady_images_per_s": summary(marginal),
+                     "steady_ratio_to_alone": summary([m / statistics.median(alone) for m in marginal]),
+                     "whole_command_s": summary(wholes)})
     del x
-    rows = [{"part": "images", "case": case, "model": f"PE-Core {args.variant} {info.size[0]} px {args.dtype}",
-             "images": len(paths), "batch": args.batch, "workers": args.workers, "images_per_s": summary(rates),
-             "ratio_to_alone": summary([r / a for r, a in zip(rates, alone)]) if rates is not alone else None}
-            for case, rates in (("model alone", alone), ("zoo embed --gpu-decode", gpu), ("zoo embed --no-gpu-decode", cpu))]
 
-    # pixel and embedding differences: GPU decode + GPU resize against PIL, through a float32 copy of the net
+    # the --no-gpu-decode inputs on the GPU equal the CPU transform's to the bit
     sample = paths[:64]
-    dev_inputs = torch.stack([resize_normalize(im, info.size, info.rgb_stats)
-                              for im in decode_jpegs([read_jpeg(p) for p in sample], args.device)])
-    pil_inputs = torch.stack([transform(Image.open(p)) for p in sample]).to(args.device)
+    cpu = torch.stack([transform(Image.open(p)) for p in sample])
+    items = [MediaFiles([str(p)], pixel_transform(info.size))[0] for p in sample]
+    _, pixels = _collate(items).ready()
+    same = torch.equal(normalize(pixels.to(args.device), info.rgb_stats).cpu(), cpu)
+    rows.append({**common, "case": "--no-gpu-decode inputs normalised on the GPU vs the CPU transform (64 images)",
+                 "bit_identical": same})
+    # pixel and embedding differences: GPU decode + GPU resize against PIL, through a float32 copy of the net
+    raw = [MediaFiles([str(p)], pixel_transform(info.size), raw_jpeg=True)[0] for p in sample]
+    _, pixels = decode_batch(_collate(raw), [str(p) for p in sample], info.size, torch.device(args.device), pixel_transform(info.size))
+    dev_inputs, pil_inputs = normalize(pixels, info.rgb_stats), cpu.to(args.device)
     std = torch.tensor(info.rgb_stats["std"], device=args.device).view(1, 3, 1, 1)
     levels = ((dev_inputs - pil_inputs) * std * 255).abs()
     net = net.float()
@@ -181,7 +283,7 @@ def video_part(name: str, tmp: Path, args, env) -> tuple[list[dict], list[str]]:
     alone, e2e = [], []
     for _ in range(args.rounds):
         alone += [r / FRAMES for r in model_alone(net.embedding, x, len(clips) * FRAMES, args.batch, args.device, 1)]
-        e2e.append(zoo_embed(name, folder, tmp / "vout", args, ["--frames", str(FRAMES)], env))
+        e2e.append(zoo_embed(name, clips, tmp / "vout", args, ["--frames", str(FRAMES)], env)[0])
     rows = [{"part": "videos", "case": case, "model": f"PE-Core {args.variant} {info.size[0]} px {args.dtype}",
              "videos": len(clips), "frames_per_video": FRAMES, "clip": f"{w}x{h} H.264, 60 frames",
              "videos_per_s": summary(rates),
@@ -214,8 +316,8 @@ def video_part(name: str, tmp: Path, args, env) -> tuple[list[dict], list[str]]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variant", default="L14")
-    p.add_argument("--images", type=int, default=4096)
-    p.add_argument("--videos", type=int, default=96)
+    p.add_argument("--images", type=int, default=8192)
+    p.add_argument("--videos", type=int, default=64)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--workers", type=int, default=min(14, os.cpu_count() or 1))
     p.add_argument("--dtype", choices=list(DTYPES), default="bfloat16")

@@ -353,7 +353,7 @@ def paths_sorted(folder: Path) -> list[Path]:
 
 def test_gpu_decode_path_on_the_cpu_matches_pil(env, videos, net):
     """The device path (torchvision decode_jpeg + antialiased bilinear resize) run on the CPU, against PIL."""
-    from zoo.gpu_decode import decode_jpegs, read_jpeg, resize_normalize
+    from zoo.gpu_decode import decode_jpegs, normalize, read_jpeg, resize_pixels
 
     rng = np.random.default_rng(2)
     folder = env / "jpegs"
@@ -365,11 +365,11 @@ def test_gpu_decode_path_on_the_cpu_matches_pil(env, videos, net):
     info = net[1]
     transform = classification_transform(info.size, info.rgb_stats)
     paths = paths_sorted(folder)
-    decoded = decode_jpegs([read_jpeg(p) for p in paths], "cpu")
+    decoded = decode_jpegs([torch.frombuffer(bytearray(read_jpeg(p)[0]), dtype=torch.uint8) for p in paths], "cpu")
     std = torch.tensor(info.rgb_stats["std"]).view(3, 1, 1)
     for p, image in zip(paths, decoded):
         np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), np.asarray(Image.open(p).convert("RGB")))
-        mine, pil = resize_normalize(image, info.size, info.rgb_stats), transform(Image.open(p))
+        mine, pil = normalize(resize_pixels([image], info.size), info.rgb_stats)[0], transform(Image.open(p))
         levels = ((mine - pil) * std * 255).abs()  # in 8-bit levels
         assert levels.max() <= 2.01 and levels.mean() < 0.3
     assert read_jpeg(videos / "still.png") is None
@@ -399,14 +399,73 @@ def test_device_video_decode_on_the_cpu(videos, env, net):
         ref = pooled_reference(net, Path(record["path"]), record["frames"])
         assert row @ ref / np.linalg.norm(row) / np.linalg.norm(ref) > 0.999
     # the path taken: workers hand over planned indices, the main process decodes them with torchcodec
-    from zoo.collection.media import MediaFiles
-    from zoo.gpu_decode import decode_batch
+    from zoo.collection.media import MediaFiles, _collate
+    from zoo.gpu_decode import decode_batch, normalize, pixel_transform
 
     info = net[1]
     transform = classification_transform(info.size, info.rgb_stats)
     item = MediaFiles([str(videos / "rot.mp4")], transform, 3, None, planned_video=True)[0]
     assert item[1] == meta_indices(12, 3)
-    (_, x, _, _), = decode_batch([item], [str(videos / "rot.mp4")], info.size, info.rgb_stats, torch.device("cpu"), transform)
+    items, x = decode_batch(_collate([item]), [str(videos / "rot.mp4")], info.size, torch.device("cpu"), pixel_transform(info.size))
+    assert [n for _, n, _, _ in items] == [3]
+    x = normalize(x, info.rgb_stats)
     ref = torch.stack([transform(Image.fromarray(f)) for f in reference_frames(videos / "rot.mp4", item[1])])
     std = torch.tensor(info.rgb_stats["std"]).view(1, 3, 1, 1)
     assert x.shape == ref.shape and ((x - ref) * std * 255).abs().max() <= 2.01
+
+
+def exif_jpeg(path: Path, pixels: np.ndarray, orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, quality=95, exif=exif.tobytes())
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision 0.29 deprecates its decoders (the reference here)
+def test_device_decode_applies_exif_orientation(env):
+    """nvJPEG ignores EXIF: the zoo reads the tag in the worker and turns the decoded image upright. All eight
+    orientations against torchvision's own CPU decoder with ``apply_exif_orientation`` (libjpeg + its EXIF code)."""
+    from torchvision.io import decode_jpeg
+
+    from zoo.gpu_decode import decode_jpegs, read_jpeg
+
+    folder = env / "exif"
+    folder.mkdir()
+    pixels = blocks(np.random.default_rng(5), 48, 80, 8)  # 48 x 80, not square: a wrong turn changes the shape
+    data, turns = [], []
+    for o in range(1, 9):
+        exif_jpeg(folder / f"o{o}.jpg", pixels, o)
+        raw, orientation = read_jpeg(folder / f"o{o}.jpg")
+        assert orientation == o
+        data.append(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+        turns.append(orientation)
+    mine = decode_jpegs(data, "cpu", turns)
+    for o, d, image in zip(range(1, 9), data, mine):
+        ref = decode_jpeg(d, apply_exif_orientation=True)
+        assert image.shape == ref.shape, o
+        assert torch.equal(image, ref), o
+        upright = np.asarray(zoo.images.upright(Image.open(folder / f"o{o}.jpg")).convert("RGB"))
+        assert upright.shape[:2] == tuple(image.shape[1:]), o
+
+
+def test_device_pixels_normalised_equal_the_cpu_transform_to_the_bit(env):
+    """On CUDA the workers send 8-bit pixels and the device scales and normalises them: the same float operations as
+    ``classification_transform``'s ToTensor and Normalize, so equal to the bit (RGB, grey, 16-bit, RGBA, EXIF-turned)."""
+    from zoo.gpu_decode import normalize, pixel_transform
+    from zoo.inference import open_image
+
+    rng = np.random.default_rng(9)
+    folder = env / "pixels"
+    folder.mkdir()
+    Image.fromarray(blocks(rng, 30, 20, 5)).save(folder / "rgb.png")
+    Image.fromarray(blocks(rng, 30, 20, 5)[..., 0]).save(folder / "grey.png")
+    Image.fromarray((rng.random((90, 70)) * 65535).astype(np.uint16)).save(folder / "deep.png")
+    Image.fromarray(np.dstack([blocks(rng, 84, 63, 7), np.full((84, 63), 128, np.uint8)])).save(folder / "alpha.png")
+    exif_jpeg(folder / "turned.jpg", blocks(rng, 48, 80, 8), 6)
+    stats = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}
+    for size in ((224, 224), (64, 96)):
+        transform, pixels = classification_transform(size, stats), pixel_transform(size)
+        for p in sorted(folder.iterdir()):
+            image = open_image(p)
+            x = pixels(image)
+            assert x.dtype == torch.uint8 and x.shape == (3, *size)
+            assert torch.equal(normalize(x, stats), transform(image)), p.name

@@ -1,10 +1,12 @@
-"""JPEG and video decoding and resizing on the model's device, to keep a GPU fed (``zoo embed`` on CUDA).
+"""Preprocessing on the model's device, to keep a GPU fed (``zoo embed`` on CUDA).
 
-DataLoader workers only read the files' bytes; the main process decodes a whole batch at once with
-``torchvision.io.decode_jpeg(..., device=device)`` (nvJPEG on CUDA), applies the EXIF orientation, resizes
-each image on the same device (bilinear with antialiasing, rounded to 8 bits as PIL does) and normalises
-it. A file the batch decoder refuses falls back to the exact CPU path (PIL), and an unreadable one
-becomes an error, as on the CPU. Pixels differ slightly from PIL's: another IDCT and another resampler.
+On CUDA, DataLoader workers hand the main process 8-bit pixels, never float tensors: either the image
+already resized by PIL (``pixel_transform``: the exact CPU pixels; scaling and normalising then happen on
+the device, with the same float operations, so the inputs are the CPU path's to the bit), or, with
+``--gpu-decode``, a JPEG's bytes and its EXIF orientation. Those are decoded a whole batch at once with
+nvJPEG (``torchvision.io.decode_jpeg(..., device=device)``), turned upright (nvJPEG ignores EXIF),
+resized on the device (bilinear with antialiasing, rounded to 8 bits as PIL does), and normalised. Pixels
+then differ slightly from PIL's: another IDCT and another resampler.
 
 Videos, where torchcodec is installed: workers only demux (``zoo.video.probe``, ``plan``), and the main
 process decodes the planned frames with torchcodec's decoder on the device (NVDEC on CUDA).
@@ -13,22 +15,56 @@ process decodes the planned frames with torchcodec's decoder on the device (NVDE
 from __future__ import annotations
 
 import functools
+import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+_ORIENTATION = 0x0112
 
 
-def read_jpeg(path: str | os.PathLike) -> torch.Tensor | None:
-    """The bytes of a JPEG file as a uint8 tensor, or ``None`` when the file is not a JPEG (by its magic bytes)."""
+def read_jpeg(path: str | os.PathLike) -> tuple[bytes, int] | None:
+    """A JPEG file's bytes and EXIF orientation (1-8; 1 when absent or unreadable), or ``None`` when the
+    file is not a JPEG (by its magic bytes)."""
     with open(path, "rb") as f:
         data = f.read()
     if not data.startswith(JPEG_MAGIC):
         return None
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return data, exif_orientation(data)
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation tag of an encoded image (1 when it has none, or an unreadable one); reads headers only."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            value = int(im.getexif().get(_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 -- a broken header is the decoder's to report; EXIF is ignored as viewers do
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """An image [..., H, W] as a viewer shows it for EXIF ``orientation`` (what ``PIL.ImageOps.exif_transpose`` does)."""
+    if orientation == 2:
+        return image.flip(-1)
+    if orientation == 3:
+        return image.flip(-2, -1)
+    if orientation == 4:
+        return image.flip(-2)
+    if orientation == 5:
+        return image.transpose(-2, -1)
+    if orientation == 6:
+        return image.rot90(-1, (-2, -1))
+    if orientation == 7:
+        return image.flip(-2, -1).transpose(-2, -1)
+    if orientation == 8:
+        return image.rot90(1, (-2, -1))
+    return image
 
 
 def torchcodec_decoder():
@@ -51,73 +87,113 @@ def decode_video(path: str, indices: list[int], device: torch.device | str) -> t
         raise VideoError(f"cannot decode video {path!r} on {device}: {' '.join(str(e).split())}") from None
 
 
-def decode_jpegs(data: list[torch.Tensor], device: torch.device | str) -> list[torch.Tensor]:
-    """JPEG bytes -> upright RGB uint8 images [3, H, W] on ``device``, decoded as one batch."""
+def decode_jpegs(data: list[torch.Tensor], device: torch.device | str, orientations: list[int] | None = None) -> list[torch.Tensor]:
+    """JPEG bytes (1-D uint8 CPU tensors) -> RGB uint8 images [3, H, W] on ``device``, decoded as one batch and
+    turned upright by ``orientations`` (EXIF values; none applied when not given)."""
+    import warnings
+
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    return decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of torchcodec's (same nvJPEG)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    return [orient(im, o) for im, o in zip(images, orientations or [1] * len(images))]
 
 
-def resize_normalize(image: torch.Tensor, size: tuple[int, int], rgb_stats: dict) -> torch.Tensor:
-    """A uint8 RGB image [3, h, w] -> the model's input [3, H, W] on its device: squash-resized like
-    ``classification_transform`` (bilinear, antialiased, rounded to 8 bits), scaled to [0, 1], normalised."""
-    x = image.unsqueeze(0).float()
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False).round_().clamp_(0, 255)
-    mean, std = _stats(tuple(rgb_stats["mean"]), tuple(rgb_stats["std"]), x.device)
-    return ((x / 255.0 - mean) / std)[0]
+def resize_pixels(images: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """uint8 RGB images [3, h, w] (one device) -> uint8 [N, 3, H, W]: squash-resized like ``classification_transform``
+    (bilinear, antialiased, rounded to 8 bits), images of one shape in one call."""
+    size = tuple(size)
+    out = torch.empty((len(images), 3, *size), dtype=torch.uint8, device=images[0].device)
+    shapes: dict[tuple[int, int], list[int]] = {}
+    for k, image in enumerate(images):
+        shapes.setdefault(tuple(image.shape[-2:]), []).append(k)
+    for shape, ks in shapes.items():
+        x = torch.stack([images[k] for k in ks])
+        if shape != size:
+            x = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True, align_corners=False).round_().clamp_(0, 255)
+        out[ks] = x.to(torch.uint8)
+    return out
+
+
+def normalize(pixels: torch.Tensor, rgb_stats: dict) -> torch.Tensor:
+    """uint8 images [..., 3, H, W] -> the model's float32 input: ``ToTensor`` and ``Normalize`` of
+    ``classification_transform``, the same float operations in the same order (equal to the bit on any device)."""
+    mean, std = _stats(tuple(rgb_stats["mean"]), tuple(rgb_stats["std"]), pixels.device)
+    return pixels.float().div_(255).sub_(mean).div_(std)
 
 
 @functools.lru_cache(maxsize=8)
 def _stats(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The normalisation constants on ``device``, made once (not two host-to-device copies per image)."""
-    return torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1)
+    """The normalisation constants on ``device``, made once (not two host-to-device copies per batch)."""
+    return torch.tensor(mean, device=device).view(3, 1, 1), torch.tensor(std, device=device).view(3, 1, 1)
 
 
-def decode_batch(items: list, paths, size: tuple[int, int], rgb_stats: dict, device: torch.device, transform) -> list:
-    """Replace the raw JPEG entries of a ``MediaFiles`` batch (1-D uint8 tensors) by model inputs [1, 3, H, W] on ``device``.
+def pixel_transform(size: int | tuple[int, int]) -> Callable:
+    """PIL image -> uint8 tensor [3, H, W]: ``classification_transform`` up to its ``ToTensor`` (upright RGB, resized)."""
+    import torchvision.transforms as T
 
-    Decoded together when possible; one by one when the batch fails; through PIL (``transform``) when the
-    device's decoder refuses a file, which then lands in ``errors.txt`` only if PIL refuses it too.
+    from zoo.images import to_rgb
+
+    h, w = (size, size) if isinstance(size, int) else size
+    return T.Compose([to_rgb, T.Resize((h, w), interpolation=T.InterpolationMode.BILINEAR), T.PILToTensor()])
+
+
+def decode_batch(batch, paths, size: tuple[int, int], device: torch.device, transform: Callable) -> tuple[list, torch.Tensor | None]:
+    """A ``zoo.collection.media.Batch`` -> ``(items, pixels)``: ``items`` ``(index, frame count, rows, reason)``
+    in order and their frames' uint8 pixels [F, 3, H, W] on ``device`` (``None`` when no item is readable).
+
+    JPEGs are decoded together when possible, one by one when the batch fails, and through PIL
+    (``transform``, a ``pixel_transform``) when the device's decoder refuses a file, which then lands in
+    ``errors.txt`` only if PIL refuses it too.
     """
     from zoo.inference import open_image
 
-    items = list(items)
-    for k, (i, x, recs, _) in enumerate(items):
-        if isinstance(x, list):  # a planned video: the frame indices of its rows, in row order
-            try:
-                frames = decode_video(paths[i], x, device)
-                items[k] = (i, torch.stack([resize_normalize(f, size, rgb_stats) for f in frames]), recs, None)
-            except Exception as e:  # noqa: BLE001 -- a line of errors.txt
-                items[k] = (i, None, [], f"{type(e).__name__}: {e}")
-    raw = [k for k, it in enumerate(items) if isinstance(it[1], torch.Tensor) and it[1].ndim == 1]
-    if not raw:
-        return items
-    data = [items[k][1] for k in raw]
-    try:
-        images = decode_jpegs(data, device)
-    except RuntimeError:
-        images = []
-        for d in data:
-            try:
-                images.append(decode_jpegs([d], device)[0])
-            except RuntimeError:
-                images.append(None)
-    for k, image in zip(raw, images):
-        i, _, recs, _ = items[k]
+    items, parts = [], {}
+    jpegs = [k for k, (_, kind, _, _, _) in enumerate(batch.items) if kind == "jpeg"]
+    decoded: dict[int, torch.Tensor | None] = {}
+    if jpegs:
+        data = [batch.blob[a:b] for k in jpegs for a, b, _ in [batch.items[k][2]]]
+        turns = [batch.items[k][2][2] for k in jpegs]
         try:
-            x = resize_normalize(image, size, rgb_stats) if image is not None else transform(open_image(paths[i])).to(device)
-            items[k] = (i, x.unsqueeze(0), recs, None)
-        except Exception as e:  # noqa: BLE001 -- unreadable on both paths: a line of errors.txt
-            items[k] = (i, None, [], f"{type(e).__name__}: {e}")
-    return items
+            images = decode_jpegs(data, device, turns)
+        except RuntimeError:
+            images = []
+            for d, o in zip(data, turns):
+                try:
+                    images.append(decode_jpegs([d], device, [o])[0])
+                except RuntimeError:
+                    images.append(None)
+        good = [(k, im) for k, im in zip(jpegs, images) if im is not None]
+        if good:
+            resized = resize_pixels([im for _, im in good], size)
+            decoded = {k: resized[j:j + 1] for j, (k, _) in enumerate(good)}
+        decoded.update({k: None for k, im in zip(jpegs, images) if im is None})
+    at = 0
+    for k, (i, kind, payload, recs, reason) in enumerate(batch.items):
+        x = None
+        try:
+            if kind == "frames":
+                x, at = batch.frames[at:at + payload].to(device, non_blocking=True), at + payload
+            elif kind == "jpeg":
+                x = decoded[k] if decoded[k] is not None else transform(open_image(paths[i])).unsqueeze(0).to(device)
+            elif kind == "plan":
+                x = resize_pixels(list(decode_video(paths[i], payload, device)), size)
+        except Exception as e:  # noqa: BLE001 -- unreadable on every path: a line of errors.txt
+            x, recs, reason = None, [], f"{type(e).__name__}: {e}"
+        if x is None:
+            items.append((i, 0, [], reason))
+        else:
+            items.append((i, len(x), recs, None))
+            parts[k] = x
+    pixels = torch.cat(list(parts.values())) if parts else None
+    return items, pixels
 
 
-def prefetch_decoded(batches: Iterator[list], paths, size: tuple[int, int], rgb_stats: dict, device: torch.device,
-                     transform, depth: int = 2) -> Iterator[list]:
-    """``decode_batch`` of each batch, done up to ``depth`` batches ahead in a thread (on its own CUDA stream on a
-    GPU), so that decoding the next batches overlaps the model's work on this one. Order is kept; an error in
-    the thread is raised here."""
+def prefetch(batches: Iterator, work: Callable, device: torch.device, depth: int = 2) -> Iterator:
+    """``work(batch)`` of each batch, done up to ``depth`` batches ahead in a thread (on its own CUDA stream on a
+    GPU), so that preparing the next batches overlaps the model's work on this one. Order is kept; an error in
+    the thread is raised here. ``work`` returns ``(items, tensor or None)``."""
     import queue
     import threading
 
@@ -127,40 +203,39 @@ def prefetch_decoded(batches: Iterator[list], paths, size: tuple[int, int], rgb_
     done = object()
     stop = threading.Event()
 
-    def work() -> None:
+    def run() -> None:
         try:
-            for items in batches:
+            for batch in batches:
                 if stop.is_set():
                     return
                 if cuda:
                     with torch.cuda.stream(side):
-                        items = decode_batch(items, paths, size, rgb_stats, device, transform)
+                        out = work(batch)
                     event = torch.cuda.Event()
                     event.record(side)
                 else:
-                    items, event = decode_batch(items, paths, size, rgb_stats, device, transform), None
-                ready.put((items, event, None))
+                    out, event = work(batch), None
+                ready.put((out, event, None))
         except BaseException as e:  # noqa: BLE001 -- raised again in the consumer
             ready.put((None, None, e))
             return
         ready.put((done, None, None))
 
-    thread = threading.Thread(target=work, name="zoo-gpu-decode", daemon=True)
+    thread = threading.Thread(target=run, name="zoo-prefetch", daemon=True)
     thread.start()
     try:
         while True:
-            items, event, error = ready.get()
+            out, event, error = ready.get()
             if error is not None:
                 raise error
-            if items is done:
+            if out is done:
                 return
-            if event is not None:  # the model's stream waits for the decode; its tensors are now used there too
+            if event is not None:  # the model's stream waits for the work; its tensor is now used there too
                 main = torch.cuda.current_stream(device)
                 main.wait_event(event)
-                for item in items:
-                    if isinstance(item[1], torch.Tensor) and item[1].is_cuda:
-                        item[1].record_stream(main)
-            yield items
+                if out[1] is not None and out[1].is_cuda:
+                    out[1].record_stream(main)
+            yield out
     finally:
         stop.set()
         while thread.is_alive():  # let a blocked producer finish its put
@@ -171,4 +246,5 @@ def prefetch_decoded(batches: Iterator[list], paths, size: tuple[int, int], rgb_
         thread.join()
 
 
-__all__ = ["JPEG_MAGIC", "decode_batch", "prefetch_decoded", "decode_jpegs", "decode_video", "read_jpeg", "resize_normalize", "torchcodec_decoder"]
+__all__ = ["JPEG_MAGIC", "decode_batch", "decode_jpegs", "decode_video", "exif_orientation", "normalize", "orient",
+           "pixel_transform", "prefetch", "read_jpeg", "resize_pixels", "torchcodec_decoder"]

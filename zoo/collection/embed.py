@@ -255,7 +255,8 @@ def embed_collection(
 
     Videos (``zoo.video``) give one row each, or one per ``segment_seconds`` window: the mean of the
     embeddings of ``frames`` frames sampled as in Meta's evaluation (of unit vectors with ``normalize_frames``).
-    ``gpu_decode`` (default: on when ``device`` is CUDA): JPEGs decoded and resized on the device.
+    ``gpu_decode`` (default: on when ``device`` is CUDA): JPEGs decoded and resized on the device. Without it,
+    a CUDA device still takes the workers' 8-bit pixels and scales and normalises them itself (the same inputs).
     """
     start = time.perf_counter()
     if what not in ("embedding", "clip"):
@@ -319,10 +320,10 @@ def embed_collection(
             run = torch.inference_mode()(getattr(net, method))
         transform = classification_transform(info.size, info.rgb_stats)
         on_device = dev.type == "cuda" if gpu_decode is None else gpu_decode
-        if video or on_device:
+        if video or on_device or dev.type == "cuda":
             embed_media_shards(run, paths, mine, out, base, shard_size, batch_size, workers, transform, dev, dtype,
                                normalize, settings["dim"], store_dtype, progress and rank == 0, video,
-                               info.size if on_device else None, info.rgb_stats)
+                               info.size, info.rgb_stats, device_decode=on_device)
         else:
             _embed_shards(run, paths, mine, out, base, shard_size, batch_size, workers, transform, dev, dtype, normalize,
                           settings["dim"], store_dtype, progress and rank == 0)

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,13 @@ def video_settings(paths: Sequence[str], frames: int, segment_seconds: float | N
 
 
 class MediaFiles(Dataset):
-    """``(index, frames [F, 3, H, W] or None, rows, reason or None)`` per path; ``rows`` is one record a row.
+    """``(index, frames, rows, reason or None)`` per path; ``rows`` is one record a row.
 
     An image is one row of one frame (record ``None``); a video is one row per segment of ``frames`` frames each.
-    With ``raw_jpeg`` a JPEG file comes back as its bytes (a uint8 tensor), and with ``planned_video`` a video
-    as the list of its frame indices (demuxed, not decoded), for decoding on the model's device.
+    ``frames`` is a tensor [F, 3, H, W] made by ``transform`` (float inputs, or uint8 pixels with a
+    ``zoo.gpu_decode.pixel_transform``), or ``None`` when unreadable. With ``raw_jpeg`` a JPEG file comes back as
+    ``(bytes, EXIF orientation)``, and with ``planned_video`` a video as the list of its frame indices (demuxed,
+    not decoded), for decoding on the model's device.
     """
 
     def __init__(self, paths: Sequence[str], transform, frames: int = DEFAULT_FRAMES, segment_seconds: float | None = None,
@@ -72,12 +75,55 @@ class MediaFiles(Dataset):
             if self.raw_jpeg:
                 from zoo.gpu_decode import read_jpeg
 
-                data = read_jpeg(path)
-                if data is not None:
-                    return i, data, [None], None
+                jpeg = read_jpeg(path)
+                if jpeg is not None:
+                    return i, jpeg, [None], None
             return i, self.transform(open_image(path)).unsqueeze(0), [None], None
         except Exception as e:  # noqa: BLE001 -- any decode failure becomes a line of errors.txt
             return i, None, [], f"{type(e).__name__}: {e}"
+
+
+@dataclass
+class Batch:
+    """One DataLoader batch of ``MediaFiles`` items, in two shared-memory blocks rather than one per file.
+
+    ``items``: ``(index, kind, payload, rows, reason)`` in order, ``kind`` one of ``"frames"`` (payload: how
+    many of ``frames`` are its own, in order), ``"jpeg"`` (payload: ``(start, end, orientation)`` of its bytes
+    in ``blob``), ``"plan"`` (payload: frame indices to decode) and ``None`` (unreadable: ``reason``).
+    """
+
+    items: list
+    frames: torch.Tensor | None
+    blob: torch.Tensor | None
+
+    def pin_memory(self) -> Batch:
+        """Page-locked frames, for asynchronous copies to the GPU (called by the DataLoader's pinning thread)."""
+        if self.frames is not None:
+            self.frames = self.frames.pin_memory()
+        return self
+
+    def ready(self) -> tuple[list, torch.Tensor | None]:
+        """``(items, frames)`` with items ``(index, frame count, rows, reason)``, when no item needs decoding."""
+        return [(i, payload if kind == "frames" else 0, rows, reason) for i, kind, payload, rows, reason in self.items], self.frames
+
+
+def _collate(items) -> Batch:
+    """``MediaFiles`` items -> a ``Batch`` (runs in the DataLoader worker)."""
+    out, frames, data, at = [], [], [], 0
+    for i, x, rows, reason in items:
+        if isinstance(x, torch.Tensor):
+            out.append((i, "frames", len(x), rows, None))
+            frames.append(x)
+        elif isinstance(x, tuple):
+            out.append((i, "jpeg", (at, at + len(x[0]), x[1]), rows, None))
+            data.append(x[0])
+            at += len(x[0])
+        elif isinstance(x, list):
+            out.append((i, "plan", x, rows, None))
+        else:
+            out.append((i, None, None, [], reason))
+    blob = torch.frombuffer(bytearray(b"".join(data)), dtype=torch.uint8) if data else None
+    return Batch(out, torch.cat(frames) if frames else None, blob)
 
 
 def _torchcodec_here() -> bool:
@@ -86,17 +132,20 @@ def _torchcodec_here() -> bool:
     return torchcodec_decoder() is not None
 
 
-def _collate(items):
-    return items
-
-
 def embed_media_shards(run, paths, shards, out: Path, base: int, shard_size: int, batch_size: int, workers: int | None, transform,
                        dev: torch.device, dtype: torch.dtype, normalize: bool, dim: int, store_dtype: str, progress: bool,
-                       video: dict | None, size: tuple[int, int] | None = None, rgb_stats: dict | None = None) -> None:
+                       video: dict | None, size: tuple[int, int], rgb_stats: dict, device_decode: bool = False) -> None:
     """Embed and write ``shards`` of ``paths`` (shard ``base`` holds ``paths[:shard_size]``) holding videos and/or images: frames through ``run`` in batches of
-    ``batch_size``, each video row the pooled mean of its frames. With ``size`` (device decoding): JPEGs, and
-    videos where torchcodec is installed, decoded and resized on ``dev`` (``zoo.gpu_decode``)."""
+    ``batch_size``, each video row the pooled mean of its frames.
+
+    On CUDA, or with ``device_decode``, workers make 8-bit pixels and the device normalises them
+    (``zoo.gpu_decode``), a batch ahead in a thread; with ``device_decode`` JPEGs, and videos where torchcodec
+    is installed, are also decoded and resized on ``dev``. Otherwise workers run ``transform`` (the CPU path).
+    """
     from tqdm.auto import tqdm
+
+    from zoo.gpu_decode import decode_batch, pixel_transform, prefetch
+    from zoo.gpu_decode import normalize as normalize_pixels
 
     frames = video["frames"] if video else 1
     per_batch = max(1, batch_size // frames) if video else batch_size
@@ -109,11 +158,20 @@ def embed_media_shards(run, paths, shards, out: Path, base: int, shard_size: int
     if not batches:
         return
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
-    planned = size is not None and video is not None and _torchcodec_here()
-    dataset = MediaFiles(paths, transform, frames, video["segment_seconds"] if video else None, raw_jpeg=size is not None,
+    pixels = device_decode or dev.type == "cuda"
+    if pixels:
+        transform = pixel_transform(size)
+    planned = device_decode and video is not None and _torchcodec_here()
+    dataset = MediaFiles(paths, transform, frames, video["segment_seconds"] if video else None, raw_jpeg=device_decode,
                          planned_video=planned)
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
                         pin_memory=dev.type == "cuda", prefetch_factor=4 if workers else None)
+
+    def prepare(batch: Batch) -> tuple[list, torch.Tensor | None]:
+        items, x = decode_batch(batch, paths, size, dev, transform) if device_decode else batch.ready()
+        return items, (normalize_pixels(x.to(dev, non_blocking=True), rgb_stats) if pixels and x is not None else x)
+
+    prepared = prefetch(iter(loader), prepare, dev) if pixels else map(prepare, loader)
     normalize_frames = bool(video and video["normalize_frames"])
     left = {s: owners.count(s) for s in shards}
     start, done = time.perf_counter(), 0
@@ -121,33 +179,25 @@ def embed_media_shards(run, paths, shards, out: Path, base: int, shard_size: int
     good: list[str] = []
     records: list[dict | None] = []
     bad: list[tuple[str, str]] = []
-    decoded = iter(loader)
-    if size is not None:  # device decoding runs one batch ahead, in a thread, overlapping the model's batch
-        from zoo.gpu_decode import prefetch_decoded
-
-        decoded = prefetch_decoded(decoded, paths, size, rgb_stats, dev, transform)
     with tqdm(total=sum(map(len, batches)), unit="file", disable=not progress, desc="embed", smoothing=0.1) as bar:
-        for items, s in zip(decoded, owners):
-            items_ok = [it for it in items if it[1] is not None]
-            bad.extend((paths[i], reason) for i, x, _, reason in items if x is None)
-            if items_ok:
-                x = torch.cat([it[1].to(dev) for it in items_ok])
+        for (items, x), s in zip(prepared, owners):
+            bad.extend((paths[i], reason) for i, n, _, reason in items if not n)
+            if x is not None:
                 with torch.inference_mode():
                     y = torch.cat([run(x[a:a + batch_size].to(dev, dtype, non_blocking=True)).float()
                                    for a in range(0, len(x), batch_size)])
                     pooled, at = [], 0
-                    for _, _, recs, _ in items_ok:
+                    for i, n, recs, _ in items:
                         for rec in recs:
-                            n = 1 if rec is None else frames
-                            pooled.append(y[at] if rec is None else pool(y[at:at + n], normalize_frames))
-                            at += n
+                            k = 1 if rec is None else frames
+                            pooled.append(y[at] if rec is None else pool(y[at:at + k], normalize_frames))
+                            at += k
+                        good.extend(paths[i] for _ in recs)
+                        records.extend(recs)
                     y = torch.stack(pooled)
                     if normalize:
                         y = F.normalize(y, dim=-1)
                 rows.append(y.to(getattr(torch, store_dtype)).cpu().numpy())
-                for i, _, recs, _ in items_ok:
-                    good.extend(paths[i] for _ in recs)
-                    records.extend(recs)
             bar.update(len(items))
             done += len(items)
             left[s] -= 1
@@ -189,4 +239,4 @@ def with_times(directory: str | os.PathLike, manifest: dict[str, Any], hits: lis
     return out
 
 
-__all__ = ["MediaFiles", "embed_media_shards", "read_row_info", "shard_records", "video_settings", "with_times"]
+__all__ = ["Batch", "MediaFiles", "embed_media_shards", "read_row_info", "shard_records", "video_settings", "with_times"]
