@@ -1,6 +1,6 @@
 """Video on the CPU: decoding (PyAV against torchcodec) and embedding throughput end to end against the model alone.
 
-    PYTHONPATH=$PWD python benchmarks/video.py [--videos 6] [--rounds 3] [--depth B16=4 L14=2]
+    PYTHONPATH=$PWD python benchmarks/video.py [--videos 6] [--rounds 3] [--depth B16=12 L14=4]
 
 Generates 720p H.264 clips (2 s at 30 fps, moving blocks) with PyAV. Writes ``benchmarks/results/video.json``:
 
@@ -98,8 +98,8 @@ def embed_rows(variant: str, depth: int, clips: list[Path], rounds: int, workers
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir()
         t = time.perf_counter()
-        embed_media_shards(run, paths, [0], out, len(paths), batch, workers, transform, torch.device("cpu"), torch.float32,
-                           False, cfg.clip_dim, "float16", False, video)
+        embed_media_shards(run, paths, [0], out, 0, len(paths), batch, workers, transform, torch.device("cpu"), torch.float32,
+                           False, cfg.clip_dim, "float16", False, video, size, entry.rgb_stats)
         e2e.append(time.perf_counter() - t)
     n = len(paths)
     return {
@@ -117,7 +117,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch", type=int, default=16, help="frames per forward pass")
-    p.add_argument("--depth", nargs="+", default=["B16=4", "L14=2"], help="VARIANT=DEPTH (blocks kept, for speed)")
+    p.add_argument("--depth", nargs="+", default=["B16=12", "L14=4"], help="VARIANT=DEPTH (blocks kept, for speed)")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="pe-zoo-video-bench-"))
     try:

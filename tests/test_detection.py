@@ -4,6 +4,7 @@ for patch 14), and torchvision's Faster/Mask R-CNN over it on generated images o
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 from torchvision.ops import MultiScaleRoIAlign, box_iou
@@ -121,6 +122,9 @@ def test_pyramid_rejects_bad_input():
         FeaturePyramid(net)(torch.randn(1, 3, 112, 120))
     with pytest.raises(ValueError, match="layer 5 is out of range"):
         FeaturePyramid(net, layer=5)
+    with pytest.raises(TypeError, match="layer must be an integer"):
+        FeaturePyramid(net, layer=1.0)
+    assert FeaturePyramid(net, layer=np.int64(-1)).layer == FeaturePyramid(net, layer=-1).layer == len(net.blocks) - 1
     with pytest.raises(ValueError, match="power of two"):
         FeaturePyramid(net, scales=(3.0, 1.0))
 

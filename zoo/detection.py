@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.nets.pe_vit import PEViT
+from zoo.nets.pe_vit import PEViT, _index
 
 BASE_STRIDE = 16  # the stride of the backbone's map in input pixels, for patch 16 and (resized) patch 14 alike
 
@@ -75,7 +75,8 @@ class FeaturePyramid(nn.Module):
     ) -> None:
         super().__init__()
         depth = len(net.blocks)
-        if not isinstance(layer, int) or not -depth <= layer < depth:
+        layer = _index(layer, "layer")  # numpy and 0-d torch integers too
+        if not -depth <= layer < depth:
             raise ValueError(f"layer {layer!r} is out of range: this model has {depth} blocks, valid indices are [-{depth}, {depth - 1}]")
         if not scales:
             raise ValueError("scales must name at least one level, e.g. (4.0, 2.0, 1.0, 0.5)")
