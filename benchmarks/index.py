@@ -47,7 +47,7 @@ def build_collection(out: Path, rows: int, dim: int) -> None:
         write_shard(out, s, (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16),
                     [f"images/{s:05d}/{i:06d}.jpg" for i in range(n)], [])
     settings = {"format": FORMAT, "model": "generated", "weights_sha256": "", "what": "clip", "normalize": True,
-                "dtype": "float32", "size": [0, 0], "dim": dim, "store_dtype": "float16", "shard_size": SHARD,
+                "dtype": "float32", "size": [224, 224], "dim": dim, "store_dtype": "float16", "shard_size": SHARD,
                 "num_inputs": rows, "inputs_sha256": ""}
     write_manifest(out, settings, shards)
 
