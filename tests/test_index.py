@@ -120,3 +120,46 @@ def test_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--rebuild" in err
     assert main(["index", str(out), "-q", "--rebuild"]) == 0 and read_index_meta(out)["kind"] == "flat"
+
+
+def test_smallest_nprobe_doubles_then_bisects():
+    from zoo.collection.index import NPROBE_STEP, _smallest_nprobe
+
+    for need, nlist in ((1, 64), (5, 64), (37, 64), (700, 1000), (1000, 1000), (2900, 3276)):
+        asked = []
+        got = _smallest_nprobe(lambda p, asked=asked, need=need: asked.append(p) or p >= need, 1, nlist)
+        assert need <= got <= need + max(1, need // NPROBE_STEP), (need, got)
+        assert len(asked) <= 2 * np.log2(nlist) + 2  # doubling, then bisection: not a walk over every nprobe
+    assert _smallest_nprobe(lambda p: p >= 40, 16, 64) == 40  # starts from a bound a larger pool found
+    assert _smallest_nprobe(lambda p: False, 1, 64) is None  # not even every list
+
+
+def test_ivfpq_is_fast_scan_tuned_to_the_fastest_pair(tmp_path):
+    import faiss
+
+    rng = np.random.default_rng(3)
+    out = tmp_path / "c"
+    write_collection(out, [unit_rows(rng, 1500, 32)])
+    build_index(out, kind="ivfpq", recall=0.9, progress=False)
+    meta = read_index_meta(out)
+    index = faiss.read_index(str(out / meta["file"]))
+    assert isinstance(faiss.downcast_index(index), faiss.IndexIVFPQFastScan)  # 4-bit codes scanned with SIMD
+    assert meta["params"]["pq_bits"] == 4 and meta["params"]["pq_bytes"] == 8  # 16 sub-quantisers of 2 values
+    tried = meta["tuning"]
+    assert tried and all(recall >= 0.9 and ms > 0 for _, _, recall, ms in tried)
+    fastest = min(tried, key=lambda t: t[3])
+    assert [meta["params"]["nprobe"], meta["params"]["candidates"], meta["recall"]] == fastest[:3]
+    assert meta["simd"] == faiss.SIMDConfig.get_level_name()
+
+
+def test_faiss_uses_the_cpus_vector_instructions():
+    """The wheel's one library dispatches at run time: on a CPU with AVX2 it must not run the generic code."""
+    from zoo.collection.index import simd_level
+
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    if "avx2" not in flags:
+        pytest.skip("no AVX2 on this CPU")
+    level = simd_level()
+    assert level != "NONE" and ("AVX2" in level or "AVX512" in level), level
+    if "avx512f" in flags:
+        assert "AVX512" in level, level
