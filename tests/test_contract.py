@@ -334,7 +334,7 @@ def run_contract(examples: int, steps: int) -> None:
 
 def test_contract_state_machine():
     """A bounded, seeded run in the default suite."""
-    run_contract(int(os.environ.get("ZOO_CONTRACT_EXAMPLES", "20")), 15)
+    run_contract(int(os.environ.get("ZOO_CONTRACT_EXAMPLES", "14")), 15)
 
 
 @pytest.mark.slow

@@ -7,8 +7,8 @@ when ``N == 1``). Pooling follows ``CLIP.encode_video`` in ``core/vision_encoder
 per-frame embeddings, not normalised per frame (the Kinetics zero-shot path; the retrieval path passes
 ``normalize=True`` and averages unit vectors: ``normalize_frames=True`` here).
 
-Demuxing goes through PyAV (``pip install "pe-zoo[video]"``), and so does decoding unless torchcodec is
-installed (then it decodes: same pixels, faster where measured). Frames come out in presentation order,
+Demuxing and decoding go through PyAV (``pip install "pe-zoo[video]"``); torchcodec gives the same pixels
+(``backend="torchcodec"``) and decodes on the GPU (``zoo.gpu_decode``), but was slower on the CPU where measured. Frames come out in presentation order,
 as 8-bit RGB, upright (the stream's display-matrix rotation applied), with their timestamps in seconds
 from the first frame. Every unreadable video raises ``VideoError`` (an ``ImageError``) naming the file.
 """
@@ -145,29 +145,22 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     return VideoInfo(path, seconds, round(float(seconds[-1] + last), 6), pts)
 
 
-def default_backend() -> Backend:
-    """``torchcodec`` where it is installed and loads (measured faster, same pixels), else ``pyav``."""
-    from zoo.gpu_decode import torchcodec_decoder
-
-    return "torchcodec" if torchcodec_decoder() is not None else "pyav"
-
-
 def decode(
     path: str | os.PathLike, indices: Sequence[int], convert: Callable[[np.ndarray], Any] | None = None,
-    info: VideoInfo | None = None, backend: Backend | None = None,
+    info: VideoInfo | None = None, backend: Backend = "pyav",
 ) -> dict[int, Any]:
     """The frames at presentation ``indices`` of ``path``: ``{index: frame}``.
 
     A frame is an upright RGB array [H, W, 3] (uint8), or ``convert(array)`` when given (applied as frames
     are decoded, so only the converted frames are kept). ``backend``: ``pyav`` (one decoding pass, frames
     matched to indices by their timestamps from ``info``, probed here when not given) or ``torchcodec``
-    (its exact seek mode); default ``default_backend()``. ``VideoError`` if a frame cannot be decoded.
+    (its exact seek mode; measured slower on the CPU, so only on request). ``VideoError`` if a frame cannot be decoded.
     """
     path = os.fspath(path)
     wanted = set(int(i) for i in indices)
     if not wanted:
         return {}
-    if (backend or default_backend()) == "torchcodec":
+    if backend == "torchcodec":
         from zoo.gpu_decode import decode_video
 
         order, found = sorted(wanted), {}
@@ -244,7 +237,7 @@ def plan(info: VideoInfo, num_frames: int = DEFAULT_FRAMES, segment_seconds: flo
 
 def sample(
     path: str | os.PathLike, num_frames: int = DEFAULT_FRAMES, segment_seconds: float | None = None,
-    convert: Callable[[np.ndarray], Any] | None = None, backend: Backend | None = None,
+    convert: Callable[[np.ndarray], Any] | None = None, backend: Backend = "pyav",
 ) -> list[Segment]:
     """Probe, plan and decode: the video's segments (one without ``segment_seconds``) with their frames filled in."""
     info = probe(path)
@@ -312,6 +305,6 @@ def zero_shot_classify_video(
 
 
 __all__ = [
-    "Backend", "DEFAULT_FRAMES", "Segment", "VIDEO_EXTENSIONS", "VideoError", "VideoInfo", "VideoRow", "decode", "default_backend", "embed_video",
+    "Backend", "DEFAULT_FRAMES", "Segment", "VIDEO_EXTENSIONS", "VideoError", "VideoInfo", "VideoRow", "decode", "embed_video",
     "is_video_name", "plan", "pool", "probe", "sample", "sample_indices", "zero_shot_classify_video",
 ]
