@@ -11,7 +11,6 @@ the memory-mapped source does not count) every few ms, prints peaks and times, a
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
